@@ -1,0 +1,5 @@
+import sys
+
+from genserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""Typed values passed between pipeline stages (and between Ray Serve deployments).
+
+Tensors travel on the CPU: the receiving replica may sit on another GPU or another node, and
+a latent batch is small (4 × H/8 × W/8 per image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class LatentBatch:
+    """Scaled SDXL latents, ready for the refiner (ensemble hand-off or two-step input)."""
+
+    latents: "torch.Tensor"
+    height: int
+    width: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ImageBatch:
+    """Decoded images as uint8 HWC arrays (compact to ship: 3 bytes per pixel)."""
+
+    images: list[np.ndarray]
+    timings: dict[str, float] = field(default_factory=dict)
+    nsfw: list[bool] | None = None  # None: the safety filter did not run
+
+    @property
+    def size(self) -> tuple[int, int]:
+        height, width = self.images[0].shape[:2]
+        return width, height
+
+
+def to_uint8(images: np.ndarray) -> list[np.ndarray]:
+    """diffusers' ``output_type="np"`` floats in [0, 1] → uint8 arrays."""
+    return [np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8) for img in images]

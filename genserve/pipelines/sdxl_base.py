@@ -1,0 +1,111 @@
+"""SDXL base: text-to-image and image-to-image, full or stopping early for the refiner.
+
+No Ray in here: the Serve deployment wraps this class, and tests and benchmarks call it
+directly. One loaded set of weights serves every request; each call builds a light pipeline
+object around them with its own scheduler, so concurrent calls never share scheduler state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from PIL import Image
+
+from genserve.device import cpu_generator
+from genserve.errors import Unavailable
+from genserve.pipelines.loading import HealthState, Placement, probe_vae
+from genserve.pipelines.params import BaseParams
+from genserve.pipelines.outputs import ImageBatch, LatentBatch, to_uint8
+from genserve.pipelines.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+
+class SDXLBasePipeline:
+    """Loads SDXL base once; `generate` runs one request.
+
+    >>> base = SDXLBasePipeline("stabilityai/stable-diffusion-xl-base-1.0")  # doctest: +SKIP
+    >>> base.generate(BaseParams("a cat with a hat", steps=30)).images[0].shape  # doctest: +SKIP
+    (1024, 1024, 3)
+    """
+
+    def __init__(self, model_id: str, *, vae_id: str | None = None, revision: str | None = None,
+                 device: str = "auto", dtype: str = "auto"):
+        from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+        self.placement = Placement.resolve(device, dtype)
+        self.model_id = model_id
+        started = time.perf_counter()
+        kwargs = self.placement.from_pretrained_kwargs(revision)
+        if vae_id and self.placement.dtype == torch.float16:
+            # SDXL's own VAE overflows in fp16 (NaN → black images); the fp16-fix VAE does not.
+            kwargs["vae"] = AutoencoderKL.from_pretrained(
+                vae_id, dtype=self.placement.dtype, use_safetensors=True)
+        pipe = StableDiffusionXLPipeline.from_pretrained(model_id, add_watermarker=False, **kwargs)
+        pipe.to(self.placement.device)
+        pipe.set_progress_bar_config(disable=True)
+        self._components = pipe.components
+        self._scheduler_config = dict(pipe.scheduler.config)
+        self.health = HealthState()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s/%s in %.1fs", model_id, self.placement.device,
+                 self.placement.dtype, self.load_seconds)
+
+    def check_health(self) -> None:
+        self.health.raise_if_broken()
+        probe_vae(self._components["vae"], self.placement)
+
+    def generate(self, p: BaseParams, on_step=None) -> LatentBatch | ImageBatch:
+        """Run one request; returns latents when ``p.output == "latent"``, else images.
+        ``on_step(step, total)`` is called after each denoising step."""
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+        self.health.raise_if_broken()
+        started = time.perf_counter()
+        components = {**self._components,
+                      "scheduler": make_scheduler(p.scheduler, p.timestep_spacing,
+                                                  self._scheduler_config)}
+        kwargs = dict(
+            prompt=p.prompt, negative_prompt=p.negative_prompt, num_inference_steps=p.steps,
+            guidance_scale=p.guidance_scale, num_images_per_prompt=p.num_images,
+            generator=cpu_generator(p.seed),
+            output_type="latent" if p.output == "latent" else "np",
+        )
+        if p.denoising_end is not None:
+            kwargs["denoising_end"] = p.denoising_end
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = _step_callback(on_step)
+        if p.init_image is not None:
+            pipe = StableDiffusionXLImg2ImgPipeline(**components, add_watermarker=False)
+            image = p.init_image.convert("RGB")
+            if image.size != (p.width, p.height):
+                image = image.resize((p.width, p.height), Image.Resampling.LANCZOS)
+            kwargs.update(image=image, strength=p.strength)
+        else:
+            pipe = StableDiffusionXLPipeline(**components, add_watermarker=False)
+            kwargs.update(height=p.height, width=p.width)
+        pipe.set_progress_bar_config(disable=True)
+        try:
+            with torch.inference_mode():
+                result = pipe(**kwargs).images
+        except torch.OutOfMemoryError as exc:
+            raise Unavailable(f"out of GPU memory for {p.num_images}×{p.width}×{p.height}; "
+                              "retry later or ask for fewer/smaller images") from exc
+        except Exception as exc:
+            self.health.record(exc)
+            raise
+        timings = {"base": time.perf_counter() - started}
+        if p.output == "latent":
+            return LatentBatch(result.float().cpu(), p.height, p.width, timings)
+        return ImageBatch(to_uint8(result), timings)
+
+
+def _step_callback(on_step):
+    def callback(pipe, step, timestep, tensors):
+        on_step(step + 1, pipe.num_timesteps)
+        return tensors
+
+    return callback

@@ -1,0 +1,85 @@
+"""SDXL refiner: finishes the base model's latents (ensemble of experts) or re-denoises its
+output as image-to-image (two-step). Text encoder 2 only, aesthetic-score conditioning."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from genserve.device import cpu_generator
+from genserve.errors import Unavailable
+from genserve.pipelines.loading import HealthState, Placement, probe_vae
+from genserve.pipelines.params import RefineParams
+from genserve.pipelines.outputs import ImageBatch, LatentBatch, to_uint8
+from genserve.pipelines.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+
+class SDXLRefinerPipeline:
+    """Loads the SDXL refiner once; `refine` runs one request on a `LatentBatch`."""
+
+    def __init__(self, model_id: str, *, vae_id: str | None = None, revision: str | None = None,
+                 device: str = "auto", dtype: str = "auto"):
+        from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
+
+        self.placement = Placement.resolve(device, dtype)
+        self.model_id = model_id
+        started = time.perf_counter()
+        kwargs = self.placement.from_pretrained_kwargs(revision)
+        if vae_id and self.placement.dtype == torch.float16:
+            kwargs["vae"] = AutoencoderKL.from_pretrained(
+                vae_id, dtype=self.placement.dtype, use_safetensors=True)
+        pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            model_id, add_watermarker=False, **kwargs)
+        pipe.to(self.placement.device)
+        self._components = pipe.components
+        self._config = {"requires_aesthetics_score": pipe.config.requires_aesthetics_score,
+                        "force_zeros_for_empty_prompt": pipe.config.force_zeros_for_empty_prompt}
+        self._scheduler_config = dict(pipe.scheduler.config)
+        self.health = HealthState()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s/%s in %.1fs", model_id, self.placement.device,
+                 self.placement.dtype, self.load_seconds)
+
+    def check_health(self) -> None:
+        self.health.raise_if_broken()
+        probe_vae(self._components["vae"], self.placement)
+
+    def refine(self, batch: LatentBatch, p: RefineParams, on_step=None) -> ImageBatch:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        self.health.raise_if_broken()
+        started = time.perf_counter()
+        pipe = StableDiffusionXLImg2ImgPipeline(
+            **{**self._components, "scheduler": make_scheduler(
+                p.scheduler, p.timestep_spacing, self._scheduler_config)},
+            **self._config, add_watermarker=False)
+        pipe.set_progress_bar_config(disable=True)
+        latents = batch.latents.to(self.placement.device, self.placement.dtype)
+        kwargs = dict(
+            prompt=p.prompt, negative_prompt=p.negative_prompt, image=latents,
+            num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
+            num_images_per_prompt=latents.shape[0], generator=cpu_generator(p.seed),
+            output_type="np",
+        )
+        if p.denoising_start is not None:
+            kwargs["denoising_start"] = p.denoising_start
+        else:
+            kwargs["strength"] = p.strength
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = lambda pipe, i, t, tensors: (
+                on_step(i + 1, pipe.num_timesteps), tensors)[1]
+        try:
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+        except torch.OutOfMemoryError as exc:
+            raise Unavailable("out of GPU memory in the refiner; retry later") from exc
+        except Exception as exc:
+            self.health.record(exc)
+            raise
+        return ImageBatch(to_uint8(images),
+                          {**batch.timings, "refiner": time.perf_counter() - started})

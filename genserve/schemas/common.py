@@ -1,0 +1,29 @@
+"""Pieces every request/response schema shares."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FieldError(ValueError):
+    """A cross-field rule failed; ``field`` is the one to blame in the 422 answer.
+
+    Raised inside model validators, where pydantic alone would report the whole body.
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class StrictModel(BaseModel):
+    # Unknown fields are refused: a misspelt `num_inference_step` silently ignored would
+    # run 50 steps and leave the user guessing.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageOut(BaseModel):
+    url: str = Field(description="The image as a `data:image/png;base64,...` URI.")
+    content_type: str = Field("image/png", description="MIME type of the image.")
+    width: int = Field(description="Width in pixels.", examples=[1024])
+    height: int = Field(description="Height in pixels.", examples=[1024])

@@ -1,0 +1,84 @@
+"""One Ray cluster and one running genserve app (tiny models) for the whole session.
+
+Ray gets a logical GPU (`num_gpus=1`) so the YAML's fractional placement is exercised as on a
+real node; the models fall back to CPU because torch sees no CUDA device. Test modules share
+the app: the CI box has two cores and every replica is a process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_DIR = Path(os.environ.get("GENSERVE_TINY_DIR", ROOT / ".cache" / "tiny-models"))
+API_KEY = "test-key-0123456789"
+MAX_BODY = 4 * 1024 * 1024  # small, so the 413 test need not send 32 MiB
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    from genserve import tiny
+
+    return tiny.build(TINY_DIR)
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(state_dir):
+    import ray
+
+    # Replicas inherit the driver's environment on a local cluster: this is how the key
+    # reaches the ingress, as GENSERVE_API_KEY would on a real node.
+    os.environ["GENSERVE_API_KEY"] = API_KEY
+    os.environ["GENSERVE_STATE_DIR"] = str(state_dir)
+    ray.init(num_cpus=6, num_gpus=1,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_url(ray_cluster, tiny_models, state_dir) -> str:
+    from genserve import launch
+
+    port = free_port()
+    one = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+    config = launch.overlay(
+        launch.load_config(), tiny_models_dir=str(next(iter(tiny_models.values())).parent),
+        host="127.0.0.1", port=port,
+        args={"database_url": f"sqlite:///{state_dir / 'usage.db'}", "max_body_bytes": MAX_BODY},
+        deployments={name: one for name in ("Ingress", "SDXLBase", "SDXLRefiner", "SafetyChecker")},
+    )
+    launch.deploy(config, timeout_s=300)
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    with httpx.Client(base_url=app_url, headers={"Authorization": f"Key {API_KEY}"},
+                      timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def anon(app_url):
+    with httpx.Client(base_url=app_url, timeout=60) as c:
+        yield c
