@@ -42,7 +42,7 @@ def test_extra_fractional_replica_stays_pending(client, ray_cluster):
                    wait_for_ingress_deployment_creation=False,
                    wait_for_applications_running=False)
     try:
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             app = serve.status().applications["overflow"]
             assert app.status == "DEPLOYING", app  # never RUNNING: no GPU share left

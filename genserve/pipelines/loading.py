@@ -19,6 +19,15 @@ from genserve.errors import PipelineBroken
 log = logging.getLogger(__name__)
 
 
+def quiet_loading() -> None:
+    """Progress bars from every component load drown a replica's log; turn them off."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 @dataclass
 class Placement:
     """Device and dtype a pipeline runs with, resolved once at load time."""
@@ -28,6 +37,7 @@ class Placement:
 
     @classmethod
     def resolve(cls, device: str = "auto", dtype: str = "auto") -> "Placement":
+        quiet_loading()  # every pipeline resolves its placement before loading
         dev = resolve_device(device)
         return cls(dev, resolve_dtype(dtype, dev))
 

@@ -1,0 +1,26 @@
+"""The FastAPI app the ingress serves: middleware, error mapping, OpenAPI metadata.
+
+Route handlers live in `deployments/routes/` as mixins of the `Ingress` class; Serve binds
+every route whose method belongs to a class in the ingress's MRO.
+"""
+
+from fastapi import FastAPI
+
+from genserve.http import errors
+from genserve.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, UsageLogMiddleware
+
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+app = FastAPI(
+    title="genserve",
+    version="0.1.0",
+    description="Self-hosted generative models on Ray Serve. Authenticate with "
+                "`Authorization: Key <key>` (or `Bearer <key>`); `/healthz` and these docs "
+                "are public.",
+)
+# Added in reverse order of execution: usage log (outermost, so it sees 401s and 413s too),
+# then the body limit, then the key check, then the routes.
+app.add_middleware(ApiKeyMiddleware)
+app.add_middleware(BodyLimitMiddleware)
+app.add_middleware(UsageLogMiddleware)
+errors.install(app)

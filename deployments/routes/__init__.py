@@ -1,0 +1,1 @@
+"""HTTP routes, one mixin per modality, composed into `deployments.ingress.Ingress`."""

@@ -1,0 +1,223 @@
+"""Stable Video Diffusion: one image in, a short video out, encoded as H.264 MP4.
+
+No Ray in here, and no torch, diffusers or PyAV at import time: the HTTP ingress imports
+`VideoParams`/`VideoResult`/`encode_mp4` cheaply; the heavy imports happen in
+`SVDPipeline.__init__` (the replica's preload) and in `encode_mp4`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from genserve.errors import InvalidInput, PipelineBroken, Unavailable
+from genserve.pipelines.outputs import to_uint8
+
+log = logging.getLogger(__name__)
+
+VAE_SCALE = 8  # SVD's VAE downsamples 8×; pixel sizes must divide by it
+# libx264's constant-quality setting: 18 is visually lossless for most content, and a 14-frame
+# 1024×576 clip stays in the hundreds of KB.
+MP4_CRF = 18
+
+
+@dataclass
+class VideoParams:
+    """One image-to-video call; defaults are SVD img2vid's own (14 frames of 1024×576)."""
+
+    image: Image.Image
+    width: int = 1024
+    height: int = 576
+    num_frames: int = 14
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    decode_chunk_size: int = 8
+    num_inference_steps: int = 25
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+    seed: int = 42
+
+
+@dataclass
+class VideoResult:
+    """Frames as uint8 HWC arrays, and the rate they were conditioned on and play at."""
+
+    frames: list[np.ndarray]
+    fps: int
+    seed: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        height, width = self.frames[0].shape[:2]
+        return width, height
+
+    def to_mp4(self) -> bytes:
+        """The frames as a browser-playable H.264 MP4 (see `encode_mp4`)."""
+        return encode_mp4(self.frames, self.fps)
+
+
+def encode_mp4(frames: list[np.ndarray], fps: int, *, crf: int = MP4_CRF) -> bytes:
+    """uint8 HWC RGB frames → H.264 (libx264, yuv420p) in an MP4 whose `moov` atom comes first.
+
+    yuv420p and a leading `moov` (``+faststart``) are what browsers need to start playing
+    before the whole file arrives. yuv420p halves chroma resolution, so an odd width or height
+    loses its last column/row. Every frame gets pts = index in a 1/fps time base, so the file
+    reads back with exactly ``len(frames)`` frames at ``fps``.
+
+    >>> mp4 = encode_mp4([np.zeros((64, 64, 3), np.uint8)] * 7, fps=7)
+    >>> mp4[4:8]
+    b'ftyp'
+    """
+    import av
+
+    if not frames:
+        raise InvalidInput("`frames` is empty; an MP4 needs at least one frame.", "frames")
+    if fps < 1:
+        raise InvalidInput(f"`fps` must be at least 1 but is {fps}.", "fps")
+    height, width = frames[0].shape[:2]
+    width, height = width - width % 2, height - height % 2
+    if width < 2 or height < 2:
+        raise InvalidInput(f"frames of {frames[0].shape[1]}×{frames[0].shape[0]} are too small "
+                           "for H.264 (2×2 at least).", "frames")
+    buf = io.BytesIO()
+    # Faststart rewrites the file to move `moov` forward, so the output must be seekable
+    # (a BytesIO is).
+    with av.open(buf, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        stream.options = {"crf": str(crf)}
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(pixels[:height, :width, :3]), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))  # flush the encoder's delayed (B-)frames
+    return buf.getvalue()
+
+
+class SVDPipeline:
+    """Loads SVD once; `generate` turns one image into frames.
+
+    >>> svd = SVDPipeline("stabilityai/stable-video-diffusion-img2vid")  # doctest: +SKIP
+    >>> video = svd.generate(VideoParams(Image.open("rocket.png")))  # doctest: +SKIP
+    >>> len(video.frames), video.frames[0].shape  # doctest: +SKIP
+    (14, (576, 1024, 3))
+    >>> open("rocket.mp4", "wb").write(video.to_mp4())  # doctest: +SKIP
+    """
+
+    def __init__(self, model_id: str, *, revision: str | None = None, device: str = "auto",
+                 dtype: str = "auto"):
+        from diffusers import StableVideoDiffusionPipeline
+
+        from genserve.pipelines.loading import HealthState, Placement
+
+        self.placement = Placement.resolve(device, dtype)
+        self.model_id = model_id
+        started = time.perf_counter()
+        try:
+            pipe = StableVideoDiffusionPipeline.from_pretrained(
+                model_id, **self.placement.from_pretrained_kwargs(revision))
+            pipe.to(self.placement.device)
+        except _oom_error() as exc:
+            raise Unavailable(f"out of GPU memory loading {model_id}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe = pipe
+        # One video at a time: a call saturates a GPU anyway, and with an fp16 VAE the
+        # pipeline casts the shared VAE to fp32 and back mid-call (`force_upcast`), which a
+        # concurrent call would see half-done. The scheduler's step state is shared too.
+        self._lock = threading.Lock()
+        self.health = HealthState()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s/%s in %.1fs", model_id, self.placement.device,
+                 self.placement.dtype, self.load_seconds)
+
+    def check_health(self) -> None:
+        """Decode one 8×8 latent frame and require finite pixels: catches NaN weights and a
+        dead device in milliseconds. (`loading.probe_vae` cannot: the temporal decoder's
+        `decode` needs `num_frames`.)"""
+        import torch
+
+        self.health.raise_if_broken()
+        vae = self._pipe.vae
+        with self._lock, torch.inference_mode():
+            latent = torch.zeros(1, vae.config.latent_channels, 8, 8,
+                                 device=self.placement.device, dtype=vae.dtype)
+            out = vae.decode(latent, num_frames=1).sample
+            finite = bool(torch.isfinite(out).all())  # .item() syncs a CUDA device
+        if not finite:
+            raise PipelineBroken("VAE probe produced non-finite pixels; weights are corrupt")
+
+    def check_inputs(self, p: VideoParams) -> None:
+        """Values the schema already bounds, checked again for callers that skip it (the
+        text-to-video chain, scripts); messages name the argument and its value."""
+        if p.width % VAE_SCALE or p.height % VAE_SCALE:
+            raise InvalidInput(f"`height` and `width` have to be divisible by {VAE_SCALE} but "
+                               f"are {p.height} and {p.width}.", "width")
+        for name in ("num_frames", "fps", "num_inference_steps", "decode_chunk_size"):
+            if getattr(p, name) < 1:
+                raise InvalidInput(f"`{name}` must be at least 1 but is {getattr(p, name)}.",
+                                   name)
+        if p.min_guidance_scale > p.max_guidance_scale:
+            raise InvalidInput(f"`min_guidance_scale` ({p.min_guidance_scale}) must not exceed "
+                               f"`max_guidance_scale` ({p.max_guidance_scale}).",
+                               "min_guidance_scale")
+
+    def generate(self, p: VideoParams, on_step=None) -> VideoResult:
+        """Run one request. The image is scaled to cover (width, height) and center-cropped,
+        so it is never distorted. ``on_step(step, total)`` is called after each step."""
+        import torch
+
+        from genserve.device import cpu_generator
+
+        self.health.raise_if_broken()
+        self.check_inputs(p)
+        started = time.perf_counter()
+        image = ImageOps.fit(p.image.convert("RGB"), (p.width, p.height),
+                             Image.Resampling.LANCZOS)
+        kwargs = dict(
+            image=image, width=p.width, height=p.height, num_frames=p.num_frames,
+            num_inference_steps=p.num_inference_steps, min_guidance_scale=p.min_guidance_scale,
+            max_guidance_scale=p.max_guidance_scale,
+            fps=p.fps,  # the pipeline conditions on fps − 1, as SVD was trained
+            motion_bucket_id=p.motion_bucket_id, noise_aug_strength=p.noise_aug_strength,
+            decode_chunk_size=p.decode_chunk_size, generator=cpu_generator(p.seed),
+            output_type="np",
+        )
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = _step_callback(on_step)
+        try:
+            with self._lock, torch.inference_mode():
+                frames = self._pipe(**kwargs).frames[0]
+        except torch.OutOfMemoryError as exc:
+            raise Unavailable(f"out of GPU memory for {p.num_frames} frames of "
+                              f"{p.width}×{p.height}; retry later or ask for fewer/smaller "
+                              "frames or a smaller `decode_chunk_size`") from exc
+        except Exception as exc:
+            self.health.record(exc)
+            raise
+        return VideoResult(to_uint8(frames), p.fps, p.seed,
+                           {"video": time.perf_counter() - started})
+
+
+def _oom_error():
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+def _step_callback(on_step):
+    def callback(pipe, step, timestep, tensors):
+        on_step(step + 1, pipe.num_timesteps)
+        return tensors
+
+    return callback
