@@ -1,8 +1,9 @@
 """The one wiring point: `serve_config.yaml` names `deployments.app:build`.
 
 `build(args)` binds the whole graph; the same builder serves production, the demo and the
-tests. The tiny switch (`tiny_models_dir`) points every model at the offline stand-ins built
-by `genserve build-tiny`, with no other difference.
+tests. A pipeline section set to `null` in the YAML is not deployed (its routes answer 404).
+The tiny switch (`tiny_models_dir`) points every model at the offline stand-ins built by
+`genserve build-tiny`, with no other difference.
 """
 
 # No `from __future__ import annotations` here: Serve detects typed builder args by the
@@ -11,13 +12,12 @@ by `genserve build-tiny`, with no other difference.
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from deployments.ingress import Ingress
-from deployments.sdxl import SafetyChecker, SDXLBase, SDXLRefiner
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class SDXLArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SDXLArgs(_Args):
     base_model: str = Field("stabilityai/stable-diffusion-xl-base-1.0",
                             description="Hub id or local directory of the SDXL base.")
     refiner_model: str = "stabilityai/stable-diffusion-xl-refiner-1.0"
@@ -31,9 +31,35 @@ class SDXLArgs(BaseModel):
                                            "bfloat16 or float32.")
 
 
-class AppArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ModelArgs(_Args):
+    """One model: where to load it from and how."""
 
+    model: str = Field(description="Hub id or local directory.")
+    revision: str | None = None
+    dtype: str = "auto"
+
+
+class LLMArgs(ModelArgs):
+    model: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    served_name: str | None = Field(
+        None, description="Name clients pass as `model` (OpenAI API); default: `model`.")
+    max_context: int | None = Field(None, description="Prompt + answer token limit; default "
+                                                      "the model's.")
+
+
+class TTSArgs(ModelArgs):
+    model: str = "suno/bark-small"
+
+
+class VideoArgs(ModelArgs):
+    model: str = "stabilityai/stable-video-diffusion-img2vid"
+
+
+class MeshArgs(ModelArgs):
+    model: str = "openai/shap-e"
+
+
+class AppArgs(_Args):
     tiny_models_dir: str | None = Field(
         None, description="Serve the tiny offline models from this directory instead of the "
         "hub models (demo and tests).")
@@ -41,27 +67,76 @@ class AppArgs(BaseModel):
         None, description="SQLAlchemy URL for the usage log; default SQLite in "
         "$GENSERVE_STATE_DIR (~/.genserve).")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest request body.")
-    sdxl: SDXLArgs = SDXLArgs()
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list, description="Internal hosts (`host` or `host:port`) user URLs "
+        "may point at, e.g. an artifact store; everything non-public is refused otherwise.")
+    sdxl: SDXLArgs | None = SDXLArgs()
+    llm: LLMArgs | None = LLMArgs()
+    tts: TTSArgs | None = TTSArgs()
+    video: VideoArgs | None = VideoArgs()
+    mesh3d: MeshArgs | None = MeshArgs()
 
 
 def tiny_models(args: AppArgs) -> AppArgs:
     """The same graph with every model id replaced by its tiny stand-in's directory."""
     root = args.tiny_models_dir.rstrip("/")
-    sdxl = args.sdxl.model_copy(update={
-        "base_model": f"{root}/sdxl-base", "refiner_model": f"{root}/sdxl-refiner",
-        "vae_model": f"{root}/sdxl-vae", "safety_model": f"{root}/safety-checker",
-        "base_revision": None, "refiner_revision": None, "safety_revision": None})
-    return args.model_copy(update={"sdxl": sdxl})
+    update = {}
+    if args.sdxl:
+        update["sdxl"] = args.sdxl.model_copy(update={
+            "base_model": f"{root}/sdxl-base", "refiner_model": f"{root}/sdxl-refiner",
+            "vae_model": f"{root}/sdxl-vae", "safety_model": f"{root}/safety-checker",
+            "base_revision": None, "refiner_revision": None, "safety_revision": None})
+    if args.llm:
+        # Clients keep using the production name; only the weights are stand-ins. The context
+        # limit is the production model's; the stand-in has its own (smaller) one.
+        update["llm"] = args.llm.model_copy(update={
+            "model": f"{root}/llm", "revision": None, "max_context": None,
+            "served_name": args.llm.served_name or args.llm.model})
+    if args.tts:
+        # A VITS/MMS production model gets the tiny VITS, anything else tiny Bark.
+        kind = "vits" if ("mms-tts" in args.tts.model or "vits" in args.tts.model) else "bark"
+        update["tts"] = args.tts.model_copy(update={"model": f"{root}/{kind}", "revision": None})
+    if args.video:
+        update["video"] = args.video.model_copy(update={"model": f"{root}/svd", "revision": None})
+    if args.mesh3d:
+        update["mesh3d"] = args.mesh3d.model_copy(update={"model": f"{root}/shap-e",
+                                                          "revision": None})
+    return args.model_copy(update=update)
 
 
 def build(args: AppArgs) -> Application:
+    from deployments.ingress import Ingress
+
     if args.tiny_models_dir:
         args = tiny_models(args)
-    s = args.sdxl
-    base = SDXLBase.bind(s.base_model, vae_id=s.vae_model, revision=s.base_revision,
-                         dtype=s.dtype)
-    refiner = SDXLRefiner.bind(s.refiner_model, vae_id=s.vae_model, revision=s.refiner_revision,
-                               dtype=s.dtype)
-    safety = SafetyChecker.bind(s.safety_model, revision=s.safety_revision, dtype=s.dtype)
-    return Ingress.bind(base, refiner, safety, database_url=args.database_url,
-                        max_body_bytes=args.max_body_bytes)
+    handles = {}
+    if s := args.sdxl:
+        from deployments.sdxl import SafetyChecker, SDXLBase, SDXLRefiner
+
+        handles["base"] = SDXLBase.bind(s.base_model, vae_id=s.vae_model,
+                                        revision=s.base_revision, dtype=s.dtype)
+        handles["refiner"] = SDXLRefiner.bind(s.refiner_model, vae_id=s.vae_model,
+                                              revision=s.refiner_revision, dtype=s.dtype)
+        handles["safety"] = SafetyChecker.bind(s.safety_model, revision=s.safety_revision,
+                                               dtype=s.dtype)
+    if m := args.llm:
+        from deployments.llm import LLMChat
+
+        handles["llm"] = LLMChat.bind(m.model, revision=m.revision, dtype=m.dtype,
+                                      max_context=m.max_context)
+    if m := args.tts:
+        from deployments.media import TextToSpeech
+
+        handles["tts"] = TextToSpeech.bind(m.model, revision=m.revision, dtype=m.dtype)
+    if m := args.video:
+        from deployments.media import ImageToVideo
+
+        handles["video"] = ImageToVideo.bind(m.model, revision=m.revision, dtype=m.dtype)
+    if m := args.mesh3d:
+        from deployments.media import TextTo3D
+
+        handles["mesh3d"] = TextTo3D.bind(m.model, revision=m.revision, dtype=m.dtype)
+    llm_name = (args.llm.served_name or args.llm.model) if args.llm else None
+    return Ingress.bind(**handles, llm_name=llm_name, database_url=args.database_url,
+                        max_body_bytes=args.max_body_bytes,
+                        fetch_allow_hosts=args.fetch_allow_hosts)

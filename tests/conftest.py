@@ -46,7 +46,9 @@ def ray_cluster(state_dir):
     # reaches the ingress, as GENSERVE_API_KEY would on a real node.
     os.environ["GENSERVE_API_KEY"] = API_KEY
     os.environ["GENSERVE_STATE_DIR"] = str(state_dir)
-    ray.init(num_cpus=6, num_gpus=1,
+    # Logical resources: GPU 0 takes SDXL base+refiner+safety (1.0), GPU 1 LLM+TTS+3D (1.0),
+    # GPU 2 the scale-to-zero video deployment when it wakes up.
+    ray.init(num_cpus=10, num_gpus=3,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     from ray import serve
@@ -56,16 +58,48 @@ def ray_cluster(state_dir):
 
 
 @pytest.fixture(scope="session")
-def app_url(ray_cluster, tiny_models, state_dir) -> str:
+def image_server(tmp_path_factory):
+    """A loopback file server standing in for a user's image host; the app allow-lists it
+    (every other internal address stays refused)."""
+    import functools
+    import http.server
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        root / "frame.png")
+    (root / "notes.txt").write_text("not an image")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_url(ray_cluster, tiny_models, state_dir, image_server) -> str:
     from genserve import launch
 
     port = free_port()
     one = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+    deployments = {name: one for name in ("Ingress", "SDXLBase", "SDXLRefiner", "SafetyChecker",
+                                          "TextToSpeech", "TextTo3D")}
+    # A longer batch wait than production so concurrent test requests reliably meet in one
+    # batch on a slow 2-core box.
+    deployments["LLMChat"] = {**one, "user_config": {"max_batch_size": 4,
+                                                     "batch_wait_timeout_s": 0.3}}
+    # Video keeps the YAML's scale-to-zero (min 0, starts at 0) with at most one replica.
+    deployments["ImageToVideo"] = {"autoscaling_config": {"max_replicas": 1}}
     config = launch.overlay(
         launch.load_config(), tiny_models_dir=str(next(iter(tiny_models.values())).parent),
         host="127.0.0.1", port=port,
-        args={"database_url": f"sqlite:///{state_dir / 'usage.db'}", "max_body_bytes": MAX_BODY},
-        deployments={name: one for name in ("Ingress", "SDXLBase", "SDXLRefiner", "SafetyChecker")},
+        args={"database_url": f"sqlite:///{state_dir / 'usage.db'}", "max_body_bytes": MAX_BODY,
+              "fetch_allow_hosts": [image_server]},
+        deployments=deployments,
     )
     launch.deploy(config, timeout_s=300)
     return f"http://127.0.0.1:{port}"

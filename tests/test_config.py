@@ -45,16 +45,28 @@ def test_invalid_serve_config_is_rejected(config):
 
 def test_production_models_and_gpu_packing(config):
     app = config["applications"][0]
-    assert app["args"]["sdxl"] | PRODUCTION_IDS == app["args"]["sdxl"]
-    assert app["args"]["tiny_models_dir"] is None
+    args = app["args"]
+    assert args["sdxl"] | PRODUCTION_IDS == args["sdxl"]
+    assert args["llm"]["model"] == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    assert args["tts"]["model"] == "suno/bark-small"
+    assert args["video"]["model"] == "stabilityai/stable-video-diffusion-img2vid"
+    assert args["mesh3d"]["model"] == "openai/shap-e"
+    assert args["tiny_models_dir"] is None
     deps = _deployments(config)
     gpus = {n: d.get("ray_actor_options", {}).get("num_gpus", 0) for n, d in deps.items()}
     assert 0 < gpus["SDXLBase"] < 1 and 0 < gpus["SDXLRefiner"] < 1
-    assert sum(gpus.values()) <= 1.0  # the whole graph fits one GPU
-    for name in ("SDXLBase", "SDXLRefiner", "SafetyChecker", "Ingress"):
-        auto = deps[name]["autoscaling_config"]
-        assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
-        assert deps[name]["max_queued_requests"] > 0  # bounded queues, never -1
+    # Packing plan: SDXL's three stages share one GPU, LLM + TTS + 3D another, video alone.
+    assert gpus["SDXLBase"] + gpus["SDXLRefiner"] + gpus["SafetyChecker"] == 1.0
+    assert gpus["LLMChat"] + gpus["TextToSpeech"] + gpus["TextTo3D"] == 1.0
+    assert gpus["ImageToVideo"] == 1 and gpus["Ingress"] == 0
+    for name, dep in deps.items():
+        auto = dep["autoscaling_config"]
+        assert 0 <= auto["min_replicas"] <= auto["max_replicas"], name
+        assert dep["max_queued_requests"] > 0, name  # bounded queues, never -1
+        assert dep["max_ongoing_requests"] >= 1, name
+    assert deps["ImageToVideo"]["autoscaling_config"]["min_replicas"] == 0  # scale to zero
+    for name in ("LLMChat", "TextToSpeech"):  # batching knobs live in the YAML
+        assert set(deps[name]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
     assert config["http_options"]["request_timeout_s"] > 0
 
 
@@ -69,11 +81,21 @@ def test_tiny_overlay_changes_only_what_it_says(config):
 def test_builder_binds_the_graph(config):
     from deployments.app import AppArgs, build
 
+    from deployments.app import tiny_models
+
     args = AppArgs.model_validate(config["applications"][0]["args"])
     app = build(args)
     assert type(app).__name__ == "Application"
     tiny = build(args.model_copy(update={"tiny_models_dir": "/m"}))
     assert type(tiny).__name__ == "Application"
+    mapped = tiny_models(args.model_copy(update={"tiny_models_dir": "/m"}))
+    assert mapped.llm.model == "/m/llm" and mapped.llm.served_name == args.llm.served_name
+    assert (mapped.tts.model, mapped.video.model, mapped.mesh3d.model) == (
+        "/m/bark", "/m/svd", "/m/shap-e")
+    vits = args.model_copy(update={"tiny_models_dir": "/m", "tts": {"model": "facebook/mms-tts-eng"}})
+    assert tiny_models(AppArgs.model_validate(vits.model_dump())).tts.model == "/m/vits"
+    partial = AppArgs.model_validate({"llm": None, "tts": None, "video": None, "mesh3d": None})
+    assert type(build(partial)).__name__ == "Application"
     with pytest.raises(Exception):
         AppArgs.model_validate({"sdxl": {"base_model": "x", "typo_field": 1}})
 

@@ -279,7 +279,8 @@ class LLMPipeline:
                                      past_key_values=past, use_cache=True,
                                      **self._forward_kwargs)
                 past = out.past_key_values
-                # Sampling runs on the CPU in fp32: identical on any device, and per row.
+                # Sampling runs per row on the CPU in fp32, each row drawing from its own
+                # generator: a row's tokens never depend on its batch neighbours.
                 logits = out.logits[:, -1].float().cpu()
                 for k, i in enumerate(batch):
                     if rows[i].finish_reason is None:

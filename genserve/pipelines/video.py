@@ -7,12 +7,13 @@ No Ray in here, and no torch, diffusers or PyAV at import time: the HTTP ingress
 
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -23,8 +24,8 @@ from genserve.pipelines.outputs import to_uint8
 log = logging.getLogger(__name__)
 
 VAE_SCALE = 8  # SVD's VAE downsamples 8×; pixel sizes must divide by it
-# libx264's constant-quality setting: 18 is visually lossless for most content, and a 14-frame
-# 1024×576 clip stays in the hundreds of KB.
+# libx264's constant-quality setting (0 lossless … 51 worst; its default is 23): 18 is the
+# usual "visually lossless" choice. File size then follows motion and detail, not a bitrate.
 MP4_CRF = 18
 
 
@@ -77,21 +78,31 @@ def encode_mp4(frames: list[np.ndarray], fps: int, *, crf: int = MP4_CRF) -> byt
     >>> mp4[4:8]
     b'ftyp'
     """
-    import av
-
+    # ValueError, not InvalidInput: requests are validated long before this; reaching here
+    # with such values is a bug in the caller (HTTP 500), not the user's fault.
     if not frames:
-        raise InvalidInput("`frames` is empty; an MP4 needs at least one frame.", "frames")
+        raise ValueError("`frames` is empty; an MP4 needs at least one frame.")
     if fps < 1:
-        raise InvalidInput(f"`fps` must be at least 1 but is {fps}.", "fps")
+        raise ValueError(f"`fps` must be at least 1 but is {fps}.")
     height, width = frames[0].shape[:2]
     width, height = width - width % 2, height - height % 2
     if width < 2 or height < 2:
-        raise InvalidInput(f"frames of {frames[0].shape[1]}×{frames[0].shape[0]} are too small "
-                           "for H.264 (2×2 at least).", "frames")
-    buf = io.BytesIO()
-    # Faststart rewrites the file to move `moov` forward, so the output must be seekable
-    # (a BytesIO is).
-    with av.open(buf, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        raise ValueError(f"frames of {frames[0].shape[1]}×{frames[0].shape[0]} are too small "
+                         "for H.264 (2×2 at least).")
+    # Faststart makes the muxer reopen its output by name to move `moov` forward, which an
+    # in-memory buffer cannot do: write a temporary file and read it back.
+    with tempfile.TemporaryDirectory(prefix="genserve-mp4-") as tmp:
+        path = Path(tmp) / "video.mp4"
+        _write_mp4(path, frames, fps, width, height, crf)
+        return path.read_bytes()
+
+
+def _write_mp4(path: Path, frames: list[np.ndarray], fps: int, width: int, height: int,
+               crf: int) -> None:
+    import av
+
+    with av.open(str(path), mode="w", format="mp4",
+                 options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
@@ -102,7 +113,6 @@ def encode_mp4(frames: list[np.ndarray], fps: int, *, crf: int = MP4_CRF) -> byt
             frame.pts, frame.time_base = index, Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))  # flush the encoder's delayed (B-)frames
-    return buf.getvalue()
 
 
 class SVDPipeline:
@@ -117,6 +127,7 @@ class SVDPipeline:
 
     def __init__(self, model_id: str, *, revision: str | None = None, device: str = "auto",
                  dtype: str = "auto"):
+        import torch
         from diffusers import StableVideoDiffusionPipeline
 
         from genserve.pipelines.loading import HealthState, Placement
@@ -128,7 +139,7 @@ class SVDPipeline:
             pipe = StableVideoDiffusionPipeline.from_pretrained(
                 model_id, **self.placement.from_pretrained_kwargs(revision))
             pipe.to(self.placement.device)
-        except _oom_error() as exc:
+        except torch.OutOfMemoryError as exc:
             raise Unavailable(f"out of GPU memory loading {model_id}") from exc
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
@@ -144,16 +155,25 @@ class SVDPipeline:
     def check_health(self) -> None:
         """Decode one 8×8 latent frame and require finite pixels: catches NaN weights and a
         dead device in milliseconds. (`loading.probe_vae` cannot: the temporal decoder's
-        `decode` needs `num_frames`.)"""
+        `decode` needs `num_frames`.)
+
+        While a video is being made the probe is skipped rather than queued: it would wait
+        behind a call that can take minutes and fail Serve's health-check timeout, and the
+        running call exercises the device anyway (a fatal error in it is recorded)."""
         import torch
 
         self.health.raise_if_broken()
-        vae = self._pipe.vae
-        with self._lock, torch.inference_mode():
-            latent = torch.zeros(1, vae.config.latent_channels, 8, 8,
-                                 device=self.placement.device, dtype=vae.dtype)
-            out = vae.decode(latent, num_frames=1).sample
-            finite = bool(torch.isfinite(out).all())  # .item() syncs a CUDA device
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            vae = self._pipe.vae
+            with torch.inference_mode():
+                latent = torch.zeros(1, vae.config.latent_channels, 8, 8,
+                                     device=self.placement.device, dtype=vae.dtype)
+                out = vae.decode(latent, num_frames=1).sample
+                finite = bool(torch.isfinite(out).all())  # bool() syncs a CUDA device
+        finally:
+            self._lock.release()
         if not finite:
             raise PipelineBroken("VAE probe produced non-finite pixels; weights are corrupt")
 
@@ -181,7 +201,6 @@ class SVDPipeline:
 
         self.health.raise_if_broken()
         self.check_inputs(p)
-        started = time.perf_counter()
         image = ImageOps.fit(p.image.convert("RGB"), (p.width, p.height),
                              Image.Resampling.LANCZOS)
         kwargs = dict(
@@ -197,7 +216,9 @@ class SVDPipeline:
             kwargs["callback_on_step_end"] = _step_callback(on_step)
         try:
             with self._lock, torch.inference_mode():
+                started = time.perf_counter()  # model time, not time queued behind the lock
                 frames = self._pipe(**kwargs).frames[0]
+                seconds = time.perf_counter() - started
         except torch.OutOfMemoryError as exc:
             raise Unavailable(f"out of GPU memory for {p.num_frames} frames of "
                               f"{p.width}×{p.height}; retry later or ask for fewer/smaller "
@@ -205,14 +226,7 @@ class SVDPipeline:
         except Exception as exc:
             self.health.record(exc)
             raise
-        return VideoResult(to_uint8(frames), p.fps, p.seed,
-                           {"video": time.perf_counter() - started})
-
-
-def _oom_error():
-    import torch
-
-    return torch.OutOfMemoryError
+        return VideoResult(to_uint8(frames), p.fps, p.seed, {"video": seconds})
 
 
 def _step_callback(on_step):

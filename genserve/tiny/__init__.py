@@ -7,23 +7,32 @@ time unless the tiny switch is on.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
-
-from genserve.tiny import sdxl
 
 # Bump when a builder changes, so cached directories from older builds are rebuilt.
-FACTORY_VERSION = 2
+FACTORY_VERSION = 6
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    "sdxl-base": sdxl.build_base,
-    "sdxl-refiner": sdxl.build_refiner,
-    "sdxl-vae": sdxl.build_vae,
-    "safety-checker": sdxl.build_safety_checker,
+# role → "module:function"; the role is also the directory name the app builder maps to.
+BUILDERS: dict[str, str] = {
+    "sdxl-base": "genserve.tiny.sdxl:build_base",
+    "sdxl-refiner": "genserve.tiny.sdxl:build_refiner",
+    "sdxl-vae": "genserve.tiny.sdxl:build_vae",
+    "safety-checker": "genserve.tiny.sdxl:build_safety_checker",
+    "llm": "genserve.tiny.llm:build_llm",
+    "svd": "genserve.tiny.video:build_svd",
+    "bark": "genserve.tiny.tts:build_bark",
+    "vits": "genserve.tiny.tts:build_vits",
+    "shap-e": "genserve.tiny.shap_e:build_shap_e",
 }
+
+
+def _builder(role: str):
+    module, _, func = BUILDERS[role].partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def build(out_dir: str | Path, roles: list[str] | None = None, force: bool = False) -> dict[str, Path]:
@@ -48,7 +57,7 @@ def build(out_dir: str | Path, roles: list[str] | None = None, force: bool = Fal
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             started = time.perf_counter()
-            BUILDERS[role](tmp)
+            _builder(role)(tmp)
             (tmp / "genserve_tiny.json").write_text(json.dumps(
                 {"role": role, "version": FACTORY_VERSION,
                  "build_seconds": round(time.perf_counter() - started, 2)}))

@@ -57,10 +57,11 @@ def _vae():
 
 
 def _save(pipe, directory: Path) -> None:
-    # fp32 for CPU and an fp16 variant, as the hub repos ship, so the CUDA path
-    # (`variant="fp16"`) loads the tiny models too.
-    pipe.save_pretrained(directory, safe_serialization=True)
+    # An fp16 variant, as the hub repos ship, so the CUDA path (`variant="fp16"`) loads the
+    # tiny models too; then fp32 for CPU. fp32 goes last because both share one config.json
+    # and transformers loads a text encoder in the dtype that file records.
     pipe.to(torch.float16).save_pretrained(directory, safe_serialization=True, variant="fp16")
+    pipe.to(torch.float32).save_pretrained(directory, safe_serialization=True)
 
 
 def build_base(directory: Path) -> None:

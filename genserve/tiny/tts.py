@@ -83,6 +83,12 @@ def build_bark(directory: Path) -> None:
     )
     torch.manual_seed(0)
     model = BarkModel(config).eval()
+    with torch.no_grad():
+        # Encodec initialises its codebooks to zeros (they are learnt by k-means): every code
+        # would decode to the same sound and seeds would make no audible difference.
+        for layer in model.codec_model.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
     # A plain `GenerationConfig` holding the three stage configs as dicts: the layout of the
     # hub's generation_config.json, and what `BarkModel.generate` reads back.
     model.generation_config = GenerationConfig(
