@@ -119,3 +119,21 @@ def test_fp16_on_cuda(tiny_models):
     assert pipe.placement.dtype == torch.float16
     out = pipe.generate(BaseParams("a cat", height=64, width=64, steps=2))
     assert np.isfinite(out.images[0]).all()
+
+
+def test_tiny_builds_are_byte_identical_across_processes(tmp_path):
+    """Same factory version → same files, in any process: seeds and outputs stay comparable
+    between machines and CI runs."""
+    import hashlib
+    import subprocess
+    import sys
+
+    def build(out):
+        code = ("import sys; from genserve import tiny; "
+                "tiny.build(sys.argv[1], roles=['sdxl-base', 'llm'])")
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, capture_output=True)
+        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*")) if p.is_file() and p.name != "genserve_tiny.json"}
+
+    first, second = build(tmp_path / "a"), build(tmp_path / "b")
+    assert first == second and len(first) > 10

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 # Bump when a builder changes, so cached directories from older builds are rebuilt.
-FACTORY_VERSION = 6
+FACTORY_VERSION = 7
 
 # role → "module:function"; the role is also the directory name the app builder maps to.
 BUILDERS: dict[str, str] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from genserve.tiny.tokenizer import BOS_ID, EOS_ID, save_clip_tokenizer
+from genserve.tiny.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, save_clip_tokenizer
 
 TEXT_HIDDEN = 32  # both encoders; the base UNet cross-attends to their concatenation (64)
 TIME_EMBED = 8  # addition_time_embed_dim
@@ -27,7 +27,7 @@ def _text_config():
     return CLIPTextConfig(
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_size=TEXT_HIDDEN,
         intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5,
-        vocab_size=1000, hidden_act="gelu", projection_dim=32,
+        vocab_size=VOCAB_SIZE, hidden_act="gelu", projection_dim=32,
     )
 
 

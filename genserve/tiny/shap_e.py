@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from genserve.tiny.tokenizer import BOS_ID, EOS_ID, save_clip_tokenizer
+from genserve.tiny.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, save_clip_tokenizer
 
 TEXT_HIDDEN = 16  # CLIP hidden and projection size; the prior's `embedding_proj_dim`
 LATENT_DIM = 16  # prior `embedding_dim` = renderer `d_latent`
@@ -52,7 +52,7 @@ def build_shap_e(directory: Path) -> None:
     text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_size=TEXT_HIDDEN,
         projection_dim=TEXT_HIDDEN, intermediate_size=37, layer_norm_eps=1e-5,
-        num_attention_heads=4, num_hidden_layers=5, vocab_size=1000,
+        num_attention_heads=4, num_hidden_layers=5, vocab_size=VOCAB_SIZE,
     ))
     torch.manual_seed(0)
     prior = PriorTransformer(

@@ -1,11 +1,12 @@
 """Offline CLIP-style BPE tokenizers, trained locally so no hub download is needed.
 
-`CLIPTokenizer` reads a byte-level BPE whose word-final pieces end in ``</w>``; training one with
-`tokenizers` on a fixed word list gives the same file format as the real SDXL tokenizers.
+`CLIPTokenizer` reads a byte-level BPE whose word-final pieces end in ``</w>``; we write one for
+a fixed word list in the same file format as the real SDXL tokenizers.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 BOS = "<|startoftext|>"
@@ -29,39 +30,42 @@ _WORDS = (
 ).split()
 
 
-def _corpus(alphabet: list[str]) -> list[str]:
-    # Deterministic pseudo-sentences: enough co-occurrence for merges, no randomness. Each byte
-    # also appears as a word of its own, so every ``c</w>`` piece exists as well.
-    n = len(_WORDS)
-    sentences = [" ".join(_WORDS[(i * k) % n] for k in range(1, 12)) for i in range(1, 400)]
-    return sentences + [" ".join(alphabet)]
+def _vocab_and_merges(alphabet: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-style BPE built by construction rather than trained: every byte as a piece and as
+    a word-final ``c</w>`` piece, plus left-to-right merges that spell each word of the list.
+    Training gives a different vocabulary in every process (ties between equally frequent
+    pairs are broken in hash order), which would renumber tokens and so change every tiny
+    model's output from one build to the next; this is the same on every build."""
+    vocab: dict[str, int] = {BOS: BOS_ID, EOS: EOS_ID}
+    for piece in alphabet + [c + "</w>" for c in alphabet]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in sorted(set(_WORDS)):
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair, merged = (parts[0], parts[1]), parts[0] + parts[1]
+            if merged not in vocab:
+                vocab[merged] = len(vocab)
+                merges.append(pair)
+            parts = [merged, *parts[2:]]
+    return vocab, merges
 
 
 def save_clip_tokenizer(directory: Path, pad_token: str = EOS) -> Path:
-    """Train a byte-level BPE and save it as a `CLIPTokenizer` directory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """Write a byte-level BPE as a `CLIPTokenizer` directory (deterministic, no download)."""
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
     directory = Path(directory)
     raw_dir = directory / "_bpe"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=EOS))
-    # Split like CLIP does (letters, digits, punctuation runs) so pieces match at encode time.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(True)]
-    )
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=[BOS, EOS],
-        end_of_word_suffix="</w>",
-        # Every byte gets a piece, so no input ever maps to the unknown token (which is EOS
-        # here, and an early EOS would cut the prompt short).
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(alphabet), trainer=trainer)
-    tokenizer.model.save(str(raw_dir))
+    # Every byte gets a piece, so no input ever maps to the unknown token (which is EOS here,
+    # and an early EOS would cut the prompt short). Sorted: the library lists it in hash order.
+    vocab, merges = _vocab_and_merges(sorted(pre_tokenizers.ByteLevel.alphabet()))
+    assert len(vocab) <= VOCAB_SIZE, len(vocab)
+    (raw_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (raw_dir / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
 
     clip = CLIPTokenizer.from_pretrained(
         raw_dir,
