@@ -15,8 +15,13 @@ from ray.serve.handle import DeploymentHandle
 from deployments.http_app import PUBLIC_PATHS, app
 from deployments.routes import chat, media, sdxl
 from genserve.errors import NotFound
-from genserve.schemas.llm import (ChatCompletion, ChatCompletionRequest, ChatRequest,
-                                  ChatResponse, ModelList)
+from genserve.schemas.llm import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatRequest,
+    ChatResponse,
+    ModelList,
+)
 from genserve.schemas.mesh3d import MeshRequest, MeshResponse
 from genserve.schemas.sdxl import GenerateRequest, GenerateResponse
 from genserve.schemas.tts import SpeechRequest, SpeechResponse

@@ -79,9 +79,7 @@ def test_tiny_overlay_changes_only_what_it_says(config):
 
 
 def test_builder_binds_the_graph(config):
-    from deployments.app import AppArgs, build
-
-    from deployments.app import tiny_models
+    from deployments.app import AppArgs, build, tiny_models
 
     args = AppArgs.model_validate(config["applications"][0]["args"])
     app = build(args)

@@ -16,8 +16,15 @@ from genserve.errors import InvalidInput, PipelineBroken
 from genserve.pipelines.llm import ChatParams, LLMPipeline, _sendable
 from genserve.schemas.common import FieldError
 from genserve.schemas.llm import (
-    MAX_MESSAGES, MAX_NEW_TOKENS, ChatCompletion, ChatCompletionRequest, ChatRequest,
-    ChatResponse, ModelCard, ModelList, sse_stream,
+    MAX_MESSAGES,
+    MAX_NEW_TOKENS,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatRequest,
+    ChatResponse,
+    ModelCard,
+    ModelList,
+    sse_stream,
 )
 from genserve.tiny.llm import EOS_ID, MAX_POSITIONS, build_llm
 

@@ -17,8 +17,14 @@ import trimesh
 from pydantic import ValidationError
 
 from genserve.errors import PipelineBroken
-from genserve.pipelines.mesh3d import (EMPTY_OBJ, MESH_CONTENT_TYPES, MESH_FORMATS, MeshParams,
-                                       MeshResult, ShapEMeshPipeline)
+from genserve.pipelines.mesh3d import (
+    EMPTY_OBJ,
+    MESH_CONTENT_TYPES,
+    MESH_FORMATS,
+    MeshParams,
+    MeshResult,
+    ShapEMeshPipeline,
+)
 from genserve.schemas.mesh3d import MeshFile, MeshRequest, MeshResponse
 
 SMALL = dict(num_inference_steps=2, frame_size=24)

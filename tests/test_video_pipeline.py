@@ -18,8 +18,7 @@ from pydantic import ValidationError
 from genserve.errors import InvalidInput, PipelineBroken
 from genserve.pipelines.video import VideoParams, VideoResult, encode_mp4
 from genserve.schemas.common import FieldError
-from genserve.schemas.video import (MAX_VIDEO_PIXELS, TextToVideoRequest, VideoRequest,
-                                    VideoResponse)
+from genserve.schemas.video import MAX_VIDEO_PIXELS, TextToVideoRequest, VideoRequest, VideoResponse
 from tests.util import b64_png
 
 SMALL = dict(width=64, height=64, num_frames=3, num_inference_steps=2, fps=8)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
-from genserve.errors import InvalidInput, PipelineBroken, Unavailable
+from genserve.errors import InvalidInput, PipelineBroken
 
 if TYPE_CHECKING:
     import torch
@@ -272,7 +272,8 @@ class LLMPipeline:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         batch = list(range(len(rows)))  # which rows the KV cache holds, in order
         past = None
-        try:
+        with self.health.guard(f"out of GPU memory for {len(rows)} chat request(s) of up to "
+                                f"{width} prompt tokens; retry later"):
             while True:
                 with torch.inference_mode():
                     out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -299,12 +300,6 @@ class LLMPipeline:
                 ids = torch.tensor([[rows[i].ids[-1]] for i in batch], device=device)
                 mask = torch.cat([mask, mask.new_ones((len(batch), 1))], dim=-1)
                 positions = positions[:, -1:] + 1
-        except torch.OutOfMemoryError as exc:
-            raise Unavailable(f"out of GPU memory for {len(rows)} chat request(s) of up to "
-                              f"{width} prompt tokens; retry later") from exc
-        except Exception as exc:
-            self.health.record(exc)
-            raise
 
     def _append(self, row: _Row, token: int) -> None:
         row.ids.append(token)

@@ -6,15 +6,16 @@ we load fp32. Only safetensors are accepted, so loading never unpickles anything
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from genserve.device import resolve_device, resolve_dtype
-from genserve.errors import PipelineBroken
+from genserve.errors import PipelineBroken, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,19 @@ class HealthState:
     def raise_if_broken(self) -> None:
         if self.broken:
             raise PipelineBroken(f"pipeline unusable after a fatal device error: {self.broken}")
+
+    @contextlib.contextmanager
+    def guard(self, oom_message: str) -> Iterator[None]:
+        """Wrap model work: running out of GPU memory becomes `Unavailable` (503, worth a
+        retry: the memory frees up), a fatal device error is remembered so the health check
+        fails, and anything else propagates unchanged."""
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            raise Unavailable(oom_message) from exc
+        except Exception as exc:
+            self.record(exc)
+            raise
 
 
 def probe_vae(vae, placement: Placement) -> None:

@@ -7,9 +7,9 @@ a latent batch is small (4 × H/8 × W/8 per image).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch

@@ -14,10 +14,9 @@ import torch
 from PIL import Image
 
 from genserve.device import cpu_generator
-from genserve.errors import Unavailable
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
-from genserve.pipelines.params import BaseParams
 from genserve.pipelines.outputs import ImageBatch, LatentBatch, to_uint8
+from genserve.pipelines.params import BaseParams
 from genserve.pipelines.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -88,15 +87,10 @@ class SDXLBasePipeline:
             pipe = StableDiffusionXLPipeline(**components, add_watermarker=False)
             kwargs.update(height=p.height, width=p.width)
         pipe.set_progress_bar_config(disable=True)
-        try:
+        with self.health.guard(f"out of GPU memory for {p.num_images}×{p.width}×{p.height}; "
+                                "retry later or ask for fewer/smaller images"):
             with torch.inference_mode():
                 result = pipe(**kwargs).images
-        except torch.OutOfMemoryError as exc:
-            raise Unavailable(f"out of GPU memory for {p.num_images}×{p.width}×{p.height}; "
-                              "retry later or ask for fewer/smaller images") from exc
-        except Exception as exc:
-            self.health.record(exc)
-            raise
         timings = {"base": time.perf_counter() - started}
         if p.output == "latent":
             return LatentBatch(result.float().cpu(), p.height, p.width, timings)

@@ -9,10 +9,9 @@ import time
 import torch
 
 from genserve.device import cpu_generator
-from genserve.errors import Unavailable
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
-from genserve.pipelines.params import RefineParams
 from genserve.pipelines.outputs import ImageBatch, LatentBatch, to_uint8
+from genserve.pipelines.params import RefineParams
 from genserve.pipelines.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -73,13 +72,8 @@ class SDXLRefinerPipeline:
         if on_step is not None:
             kwargs["callback_on_step_end"] = lambda pipe, i, t, tensors: (
                 on_step(i + 1, pipe.num_timesteps), tensors)[1]
-        try:
+        with self.health.guard("out of GPU memory in the refiner; retry later"):
             with torch.inference_mode():
                 images = pipe(**kwargs).images
-        except torch.OutOfMemoryError as exc:
-            raise Unavailable("out of GPU memory in the refiner; retry later") from exc
-        except Exception as exc:
-            self.health.record(exc)
-            raise
         return ImageBatch(to_uint8(images),
                           {**batch.timings, "refiner": time.perf_counter() - started})

@@ -131,7 +131,10 @@ class TTSPipeline:
     def _load_bark(self, model_id: str, revision: str | None, kwargs: dict[str, Any]) -> None:
         from transformers import BarkModel, BarkProcessor
         from transformers.models.bark.generation_configuration_bark import (
-            BarkCoarseGenerationConfig, BarkFineGenerationConfig, BarkSemanticGenerationConfig)
+            BarkCoarseGenerationConfig,
+            BarkFineGenerationConfig,
+            BarkSemanticGenerationConfig,
+        )
 
         self._model = BarkModel.from_pretrained(model_id, **kwargs).to(self.placement.device)
         self._processor = BarkProcessor.from_pretrained(model_id, revision=revision)
@@ -238,7 +241,8 @@ class TTSPipeline:
         for i, p in enumerate(ps):
             groups.setdefault(p.voice_preset, []).append(i)
         results: list[SpeechResult | None] = [None] * len(ps)
-        try:
+        with self.health.guard(f"out of GPU memory for a batch of {len(ps)} texts; retry later "
+                                "or send shorter texts"):
             for preset, rows in groups.items():
                 started = time.perf_counter()
                 batch = [ps[i] for i in rows]
@@ -248,12 +252,6 @@ class TTSPipeline:
                 seconds = time.perf_counter() - started
                 for i, samples in zip(rows, audio):
                     results[i] = SpeechResult(samples, self.sample_rate, {"tts": seconds})
-        except torch.OutOfMemoryError as exc:
-            raise Unavailable(f"out of GPU memory for a batch of {len(ps)} texts; retry later "
-                              "or send shorter texts") from exc
-        except Exception as exc:
-            self.health.record(exc)
-            raise
         return results
 
     def _bark(self, batch: list[SpeechParams], preset: str | None) -> list[np.ndarray]:

@@ -214,18 +214,13 @@ class SVDPipeline:
         )
         if on_step is not None:
             kwargs["callback_on_step_end"] = _step_callback(on_step)
-        try:
+        with self.health.guard(f"out of GPU memory for {p.num_frames} frames of "
+                                f"{p.width}×{p.height}; retry later or ask for fewer/smaller "
+                                "frames or a smaller `decode_chunk_size`"):
             with self._lock, torch.inference_mode():
                 started = time.perf_counter()  # model time, not time queued behind the lock
                 frames = self._pipe(**kwargs).frames[0]
                 seconds = time.perf_counter() - started
-        except torch.OutOfMemoryError as exc:
-            raise Unavailable(f"out of GPU memory for {p.num_frames} frames of "
-                              f"{p.width}×{p.height}; retry later or ask for fewer/smaller "
-                              "frames or a smaller `decode_chunk_size`") from exc
-        except Exception as exc:
-            self.health.record(exc)
-            raise
         return VideoResult(to_uint8(frames), p.fps, p.seed, {"video": seconds})
 
 

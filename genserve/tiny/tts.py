@@ -49,8 +49,15 @@ def build_bark(directory: Path) -> None:
     >>> BarkProcessor.from_pretrained("/tmp/tiny-bark").available_voice_presets  # doctest: +SKIP
     ['v2/en_speaker_0', 'v2/en_speaker_1']
     """
-    from transformers import (BarkCoarseConfig, BarkConfig, BarkFineConfig, BarkModel,
-                              BarkSemanticConfig, EncodecConfig, GenerationConfig)
+    from transformers import (
+        BarkCoarseConfig,
+        BarkConfig,
+        BarkFineConfig,
+        BarkModel,
+        BarkSemanticConfig,
+        EncodecConfig,
+        GenerationConfig,
+    )
 
     directory = Path(directory)
     tokenizer = _bert_tokenizer()
