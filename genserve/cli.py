@@ -47,7 +47,10 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if ns.address:
         ray.init(address=ns.address)
     else:
-        ray.init(num_cpus=ns.num_cpus, num_gpus=ns.num_gpus)
+        # A local node gets exactly the logical resources the graph asks for (GPUs are
+        # logical: on a CPU box the models run on the CPU), unless told otherwise.
+        need = launch.required_resources(config)
+        ray.init(num_cpus=ns.num_cpus or need["CPU"], num_gpus=ns.num_gpus or need["GPU"])
     launch.deploy(config)
     ready = time.perf_counter() - started
     key = os.environ.get("GENSERVE_API_KEY", "<your key>").split(",")[0]
@@ -93,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", default=None, help="join an existing Ray cluster instead")
-    p.add_argument("--num-gpus", type=float, default=1,
-                   help="logical GPUs of the local Ray node (fractions are packed on them)")
-    p.add_argument("--num-cpus", type=float, default=max(os.cpu_count() or 1, 4),
-                   help="logical CPUs of the local Ray node")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="logical GPUs of the local Ray node (default: what the config needs)")
+    p.add_argument("--num-cpus", type=float, default=None,
+                   help="logical CPUs of the local Ray node (default: what the config needs)")
     p.set_defaults(func=cmd_serve)
 
     ns = parser.parse_args(argv)

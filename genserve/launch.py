@@ -10,6 +10,7 @@ port); nothing else about the file changes.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,25 @@ def _merge(target: dict, changes: dict) -> None:
             _merge(target[key], value)
         else:
             target[key] = value
+
+
+def required_resources(config: dict[str, Any]) -> dict[str, float]:
+    """Logical CPUs and GPUs a single local node needs to run every deployment's minimum
+    replicas, counting a scale-to-zero deployment as one (it must be able to wake up).
+    GPUs are counted per group that must share a device in whole units (ceil of the sum),
+    which is what Ray's fractional packing needs when the fractions add up to whole GPUs."""
+    from ray.serve.config import AutoscalingConfig
+
+    cpus = gpus = 0.0
+    for app in config["applications"]:
+        for dep in app.get("deployments", []):
+            options = dep.get("ray_actor_options", {})
+            auto = dep.get("autoscaling_config")
+            replicas = max(1, AutoscalingConfig(**auto).min_replicas if auto
+                           else dep.get("num_replicas", 1))
+            cpus += options.get("num_cpus", 1) * replicas
+            gpus += options.get("num_gpus", 0) * replicas
+    return {"CPU": float(math.ceil(cpus)), "GPU": float(math.ceil(gpus - 1e-9))}
 
 
 def validate(config: dict[str, Any]):

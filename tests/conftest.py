@@ -46,9 +46,13 @@ def ray_cluster(state_dir):
     # reaches the ingress, as GENSERVE_API_KEY would on a real node.
     os.environ["GENSERVE_API_KEY"] = API_KEY
     os.environ["GENSERVE_STATE_DIR"] = str(state_dir)
-    # Logical resources: GPU 0 takes SDXL base+refiner+safety (1.0), GPU 1 LLM+TTS+3D (1.0),
-    # GPU 2 the scale-to-zero video deployment when it wakes up.
-    ray.init(num_cpus=10, num_gpus=3,
+    from genserve import launch
+
+    # Logical resources sized from serve_config.yaml as `genserve serve` does: GPU 0 takes
+    # SDXL base+refiner+safety (1.0), GPU 1 LLM+TTS+3D (1.0), GPU 2 the scale-to-zero video
+    # deployment when it wakes up.
+    need = launch.required_resources(launch.load_config())
+    ray.init(num_cpus=need["CPU"], num_gpus=need["GPU"],
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     from ray import serve

@@ -70,6 +70,17 @@ def test_production_models_and_gpu_packing(config):
     assert config["http_options"]["request_timeout_s"] > 0
 
 
+def test_local_node_is_sized_from_the_config(config):
+    # 1 + 1 + 1 + 0.5 + 1 + 1 + 1 + 2 CPUs; GPUs: SDXL trio 1 + LLM/TTS/3D 1 + video 1
+    # (a scale-to-zero deployment counts once: it must be able to wake up).
+    assert launch.required_resources(config) == {"CPU": 9.0, "GPU": 3.0}
+    sdxl_only = launch.overlay(config, args={"llm": None})
+    app = sdxl_only["applications"][0]
+    app["deployments"] = [d for d in app["deployments"]
+                          if d["name"] in ("Ingress", "SDXLBase", "SDXLRefiner", "SafetyChecker")]
+    assert launch.required_resources(sdxl_only) == {"CPU": 4.0, "GPU": 1.0}
+
+
 def test_tiny_overlay_changes_only_what_it_says(config):
     tiny = launch.overlay(config, tiny_models_dir="/models", host="127.0.0.1", port=8123)
     assert tiny["applications"][0]["args"]["tiny_models_dir"] == "/models"
