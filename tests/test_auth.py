@@ -13,6 +13,7 @@ def test_no_key_is_401(anon):
     r = anon.post("/generate", json=tiny_request())
     assert r.status_code == 401
     assert r.headers["www-authenticate"] == "Key"
+    assert r.headers["x-request-id"]  # refusals are traceable too
     assert "Authorization: Key" in r.json()["detail"]
 
 

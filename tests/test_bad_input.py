@@ -74,6 +74,7 @@ def test_body_over_limit_is_413(client):
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert str(MAX_BODY) in r.json()["detail"]
+    assert r.headers["x-request-id"]
 
 
 def test_chunked_body_over_limit_is_413(client):

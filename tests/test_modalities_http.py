@@ -242,3 +242,21 @@ def test_bad_inputs_name_the_field(client, path, body, field):
     r = client.post(path, json=body)
     assert 400 <= r.status_code < 500, r.text
     assert field in r.text, r.text
+
+
+def test_readme_http_example_runs(app_url, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("GENSERVE_URL", app_url)
+    monkeypatch.setenv("GENSERVE_API_KEY", API_KEY)
+    path = Path(__file__).resolve().parent.parent / "examples" / "http_client.py"
+    spec = importlib.util.spec_from_file_location("http_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(tmp_path)
+    assert results["image"].read_bytes()[:4] == b"\x89PNG"
+    assert results["speech"].read_bytes()[:4] == b"RIFF"
+    assert results["video"].read_bytes()[4:8] == b"ftyp"
+    assert results["mesh"].read_bytes()[:4] == b"glTF"
+    assert " | " in results["chat"]

@@ -95,7 +95,9 @@ def test_truncated_png_is_refused():
         GenerateRequest(prompt="x", seed_image=base64.b64encode(raw[: len(raw) // 2]).decode())
 
 
-def test_every_field_is_documented():
+def test_every_field_is_documented_with_an_example():
     schema = GenerateRequest.model_json_schema()
     for name, prop in schema["properties"].items():
         assert prop.get("description"), name
+        assert prop.get("examples"), name
+    GenerateRequest(prompt="x", seed_image=schema["properties"]["seed_image"]["examples"][0])

@@ -74,7 +74,9 @@ class GenerateRequest(StrictModel):
     seed_image: str | None = Field(
         None, max_length=MAX_ENCODED_BYTES * 4 // 3 + 64,
         description="Base64 image (PNG/JPEG/WebP, or a `data:` URI) for image-to-image. "
-        "Without explicit `height`/`width`/`aspect_ratio` the output keeps its size.")
+        "Without explicit `height`/`width`/`aspect_ratio` the output keeps its size.",
+        examples=["data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4"
+                  "nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"])
     strength: float = Field(0.2, ge=0.05, le=1.0, allow_inf_nan=False,
                             description="How much noise is added to `seed_image` (0.05–1.0).",
                             examples=[0.2])
@@ -82,9 +84,10 @@ class GenerateRequest(StrictModel):
     timestep_spacing: TimestepSpacing = Field(
         "linspace", description="How the sampler spaces its timesteps.", examples=["linspace"])
     refiner: bool = Field(False, description="Two-step mode: refine the base output with "
-                          "the refiner as image-to-image.")
+                          "the refiner as image-to-image.", examples=[False])
     is_ensemble: bool = Field(False, description="Ensemble-of-experts mode: the refiner "
-                              "finishes the last `refiner_ratio` of the base's denoising.")
+                              "finishes the last `refiner_ratio` of the base's denoising.",
+                              examples=[True])
     refiner_ratio: float = Field(
         0.2, gt=0.0, lt=1.0, allow_inf_nan=False,
         description="Requires `is_ensemble=true`. Fraction of `num_inference_steps` run by "
@@ -101,11 +104,14 @@ class GenerateRequest(StrictModel):
         description="genserve extension: image-to-image strength of the two-step refiner.",
         examples=[0.3])
     lora_id: str | None = Field(None, max_length=128,
-                                description="A fine-tuned LoRA to apply (personalization).")
+                                description="A fine-tuned LoRA to apply (personalization).",
+                                examples=["user-123-portrait"])
     lora_name: str | None = Field(None, max_length=128,
-                                  description='A public LoRA, e.g. "offset".')
+                                  description='A public LoRA, e.g. "offset".',
+                                  examples=["offset"])
     safety_filter: bool = Field(True, description="Run the NSFW safety checker; flagged "
-                                "images are blacked out and reported in `has_nsfw_concepts`.")
+                                "images are blacked out and reported in `has_nsfw_concepts`.",
+                                examples=[True])
 
     _seed_image: Image.Image | None = PrivateAttr(None)
 
