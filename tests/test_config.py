@@ -101,8 +101,9 @@ def test_builder_binds_the_graph(config):
     assert mapped.llm.model == "/m/llm" and mapped.llm.served_name == args.llm.served_name
     assert (mapped.tts.model, mapped.video.model, mapped.mesh3d.model) == (
         "/m/bark", "/m/svd", "/m/shap-e")
-    vits = args.model_copy(update={"tiny_models_dir": "/m", "tts": {"model": "facebook/mms-tts-eng"}})
-    assert tiny_models(AppArgs.model_validate(vits.model_dump())).tts.model == "/m/vits"
+    vits = AppArgs.model_validate({**args.model_dump(), "tiny_models_dir": "/m",
+                                   "tts": {"model": "facebook/mms-tts-eng"}})
+    assert tiny_models(vits).tts.model == "/m/vits"
     partial = AppArgs.model_validate({"llm": None, "tts": None, "video": None, "mesh3d": None})
     assert type(build(partial)).__name__ == "Application"
     with pytest.raises(Exception):
