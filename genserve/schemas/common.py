@@ -27,3 +27,13 @@ class ImageOut(BaseModel):
     content_type: str = Field("image/png", description="MIME type of the image.")
     width: int = Field(description="Width in pixels.", examples=[1024])
     height: int = Field(description="Height in pixels.", examples=[1024])
+
+
+class File(StrictModel):
+    """A generated file (fal's `File`): inline as a data URI, or a URL into storage."""
+
+    url: str = Field(description="Where to get the file: a storage URL or a `data:` URI.",
+                     examples=["data:video/mp4;base64,AAAAIGZ0eXBpc29t..."])
+    content_type: str = Field(description="MIME type.", examples=["video/mp4"])
+    file_name: str = Field(description="Suggested file name.", examples=["video.mp4"])
+    file_size: int = Field(ge=0, description="Size in bytes.", examples=[412345])

@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from genserve.images import MAX_ENCODED_BYTES, ImageDecodeError, decode_base64_image
 from genserve.pipelines.params import BaseParams
 from genserve.pipelines.video import VideoParams, VideoResult
-from genserve.schemas.common import FieldError, StrictModel
+from genserve.schemas.common import FieldError, File, StrictModel
 
 MIN_SIDE, MAX_SIDE = 64, 1024
 MAX_FRAMES = 25  # SVD img2vid-xt's length; img2vid was trained on 14
@@ -160,16 +160,6 @@ class TextToVideoRequest(VideoOptions):
                           height=self.height, width=self.width,
                           steps=self.image_num_inference_steps,
                           guidance_scale=self.image_guidance_scale, seed=self.seed)
-
-
-class File(StrictModel):
-    """A generated file: inline as a data URI, or a URL into storage."""
-
-    url: str = Field(description="Where to get the file: a storage URL or a `data:` URI.",
-                     examples=["data:video/mp4;base64,AAAAIGZ0eXBpc29t..."])
-    content_type: str = Field(description="MIME type.", examples=["video/mp4"])
-    file_name: str = Field(description="Suggested file name.", examples=["video.mp4"])
-    file_size: int = Field(ge=0, description="Size in bytes.", examples=[412345])
 
 
 class VideoResponse(StrictModel):
