@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import random
 
 from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
 
 from genserve.errors import InvalidInput
+from genserve.schemas.common import File
 
 
-def file_out(media, stem: str) -> dict:
-    """A JSON `File` carrying the bytes inline as a data URI."""
-    return {"url": f"data:{media.content_type};base64," + base64.b64encode(media.data).decode(),
-            "content_type": media.content_type, "file_name": f"{stem}.{media.extension}",
-            "file_size": len(media.data)}
+def file_out(media, stem: str, kind: type[File] = File) -> File:
+    """A JSON `File` (or the response's subclass of it) carrying the bytes as a data URI."""
+    return kind.inline(media.data, media.content_type, f"{stem}.{media.extension}")
 
 
 def binary(media, stem: str) -> Response:
@@ -26,12 +24,12 @@ def binary(media, stem: str) -> Response:
 
 
 async def speech(tts: DeploymentHandle, body):
-    from genserve.schemas.tts import SpeechResponse
+    from genserve.schemas.tts import AudioFile, SpeechResponse
 
     media = await tts.synthesize.remote(body.to_params())
     if body.response_format == "wav":
         return binary(media, "speech")
-    return SpeechResponse(audio=file_out(media, "speech"), seed=body.seed, **media.meta)
+    return SpeechResponse(audio=file_out(media, "speech", AudioFile), seed=body.seed, **media.meta)
 
 
 async def fetch_image(fetcher, body):
@@ -83,10 +81,10 @@ def _video_answer(media, body, seed: int):
 
 
 async def text_to_3d(mesh3d: DeploymentHandle, body):
-    from genserve.schemas.mesh3d import MeshResponse
+    from genserve.schemas.mesh3d import MeshFile, MeshResponse
 
     media = await mesh3d.generate.remote(body.to_params(), body.format)
     if body.response_format == "file":
         return binary(media, "mesh")
-    return MeshResponse(mesh=file_out(media, "mesh"), format=body.format, seed=body.seed,
+    return MeshResponse(mesh=file_out(media, "mesh", MeshFile), format=body.format, seed=body.seed,
                         timings=media.timings, **media.meta)

@@ -89,13 +89,14 @@ class HealthState:
             raise
 
 
-def probe_vae(vae, placement: Placement) -> None:
+def probe_vae(vae, placement: Placement, **decode_kwargs) -> None:
     """Decode an 8×8 latent and require finite pixels: catches NaN weights and a dead device
-    for a few milliseconds of GPU time."""
+    for a few milliseconds of GPU time. ``decode_kwargs`` go to ``vae.decode`` (SVD's temporal
+    decoder needs ``num_frames``)."""
     with torch.inference_mode():
         latent = torch.zeros(1, vae.config.latent_channels, 8, 8, device=placement.device,
                              dtype=vae.dtype)
-        out = vae.decode(latent).sample
+        out = vae.decode(latent, **decode_kwargs).sample
         if placement.device.type == "cuda":
             torch.cuda.synchronize(placement.device)
     if not torch.isfinite(out).all():

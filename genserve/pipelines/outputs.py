@@ -39,6 +39,17 @@ class ImageBatch:
         return width, height
 
 
+def step_callback(on_step):
+    """diffusers' ``callback_on_step_end`` reporting ``on_step(done, total)`` after each
+    denoising step (progress for logs and the queue API)."""
+
+    def callback(pipe, step, timestep, tensors):
+        on_step(step + 1, pipe.num_timesteps)
+        return tensors
+
+    return callback
+
+
 def to_uint8(images: np.ndarray) -> list[np.ndarray]:
     """diffusers' ``output_type="np"`` floats in [0, 1] → uint8 arrays."""
     return [np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8) for img in images]

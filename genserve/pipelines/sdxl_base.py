@@ -15,7 +15,7 @@ from PIL import Image
 
 from genserve.device import cpu_generator
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
-from genserve.pipelines.outputs import ImageBatch, LatentBatch, to_uint8
+from genserve.pipelines.outputs import ImageBatch, LatentBatch, step_callback, to_uint8
 from genserve.pipelines.params import BaseParams
 from genserve.pipelines.schedulers import make_scheduler
 
@@ -76,7 +76,7 @@ class SDXLBasePipeline:
         if p.denoising_end is not None:
             kwargs["denoising_end"] = p.denoising_end
         if on_step is not None:
-            kwargs["callback_on_step_end"] = _step_callback(on_step)
+            kwargs["callback_on_step_end"] = step_callback(on_step)
         if p.init_image is not None:
             pipe = StableDiffusionXLImg2ImgPipeline(**components, add_watermarker=False)
             image = p.init_image.convert("RGB")
@@ -96,10 +96,3 @@ class SDXLBasePipeline:
             return LatentBatch(result.float().cpu(), p.height, p.width, timings)
         return ImageBatch(to_uint8(result), timings)
 
-
-def _step_callback(on_step):
-    def callback(pipe, step, timestep, tensors):
-        on_step(step + 1, pipe.num_timesteps)
-        return tensors
-
-    return callback

@@ -10,7 +10,7 @@ import torch
 
 from genserve.device import cpu_generator
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
-from genserve.pipelines.outputs import ImageBatch, LatentBatch, to_uint8
+from genserve.pipelines.outputs import ImageBatch, LatentBatch, step_callback, to_uint8
 from genserve.pipelines.params import RefineParams
 from genserve.pipelines.schedulers import make_scheduler
 
@@ -70,8 +70,7 @@ class SDXLRefinerPipeline:
         else:
             kwargs["strength"] = p.strength
         if on_step is not None:
-            kwargs["callback_on_step_end"] = lambda pipe, i, t, tensors: (
-                on_step(i + 1, pipe.num_timesteps), tensors)[1]
+            kwargs["callback_on_step_end"] = step_callback(on_step)
         with self.health.guard("out of GPU memory in the refiner; retry later"):
             with torch.inference_mode():
                 images = pipe(**kwargs).images

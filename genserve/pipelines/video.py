@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from genserve.errors import InvalidInput, PipelineBroken, Unavailable
-from genserve.pipelines.outputs import to_uint8
+from genserve.errors import InvalidInput, Unavailable
+from genserve.pipelines.outputs import step_callback, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -153,29 +153,20 @@ class SVDPipeline:
                  self.placement.dtype, self.load_seconds)
 
     def check_health(self) -> None:
-        """Decode one 8×8 latent frame and require finite pixels: catches NaN weights and a
-        dead device in milliseconds. (`loading.probe_vae` cannot: the temporal decoder's
-        `decode` needs `num_frames`.)
+        """Decode one 8×8 latent frame and require finite pixels (`loading.probe_vae`).
 
         While a video is being made the probe is skipped rather than queued: it would wait
         behind a call that can take minutes and fail Serve's health-check timeout, and the
         running call exercises the device anyway (a fatal error in it is recorded)."""
-        import torch
+        from genserve.pipelines.loading import probe_vae
 
         self.health.raise_if_broken()
         if not self._lock.acquire(blocking=False):
             return
         try:
-            vae = self._pipe.vae
-            with torch.inference_mode():
-                latent = torch.zeros(1, vae.config.latent_channels, 8, 8,
-                                     device=self.placement.device, dtype=vae.dtype)
-                out = vae.decode(latent, num_frames=1).sample
-                finite = bool(torch.isfinite(out).all())  # bool() syncs a CUDA device
+            probe_vae(self._pipe.vae, self.placement, num_frames=1)
         finally:
             self._lock.release()
-        if not finite:
-            raise PipelineBroken("VAE probe produced non-finite pixels; weights are corrupt")
 
     def check_inputs(self, p: VideoParams) -> None:
         """Values the schema already bounds, checked again for callers that skip it (the
@@ -213,7 +204,7 @@ class SVDPipeline:
             output_type="np",
         )
         if on_step is not None:
-            kwargs["callback_on_step_end"] = _step_callback(on_step)
+            kwargs["callback_on_step_end"] = step_callback(on_step)
         with self.health.guard(f"out of GPU memory for {p.num_frames} frames of "
                                 f"{p.width}×{p.height}; retry later or ask for fewer/smaller "
                                 "frames or a smaller `decode_chunk_size`"):
@@ -223,10 +214,3 @@ class SVDPipeline:
                 seconds = time.perf_counter() - started
         return VideoResult(to_uint8(frames), p.fps, p.seed, {"video": seconds})
 
-
-def _step_callback(on_step):
-    def callback(pipe, step, timestep, tensors):
-        on_step(step + 1, pipe.num_timesteps)
-        return tensors
-
-    return callback

@@ -37,3 +37,11 @@ class File(StrictModel):
     content_type: str = Field(description="MIME type.", examples=["video/mp4"])
     file_name: str = Field(description="Suggested file name.", examples=["video.mp4"])
     file_size: int = Field(ge=0, description="Size in bytes.", examples=[412345])
+
+    @classmethod
+    def inline(cls, data: bytes, content_type: str, file_name: str):
+        """The file carried in the response itself, as a data URI."""
+        import base64
+
+        return cls(url=f"data:{content_type};base64," + base64.b64encode(data).decode(),
+                   content_type=content_type, file_name=file_name, file_size=len(data))

@@ -7,13 +7,12 @@ as a download); ``"json"`` wraps it in a `MeshResponse` with a data URI and the 
 
 from __future__ import annotations
 
-import base64
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from genserve.pipelines.mesh3d import MESH_CONTENT_TYPES, MeshParams
-from genserve.schemas.common import StrictModel
+from genserve.schemas.common import File, StrictModel
 
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; longer text is only cost and log noise
 # Marching-cubes grid per axis. The field is queried at N³ points and meshed with dense
@@ -57,17 +56,10 @@ class MeshRequest(StrictModel):
                           frame_size=self.frame_size, seed=self.seed)
 
 
-class MeshFile(BaseModel):
-    url: str = Field(description="The file as a `data:<content type>;base64,...` URI.")
-    content_type: str = Field(description="MIME type of the file.", examples=["model/obj"])
-    file_name: str = Field(description="A suggested file name.", examples=["mesh-0.obj"])
-    file_size: int = Field(ge=0, description="Size of the file in bytes.", examples=[524288])
-
+class MeshFile(File):
     @classmethod
     def from_bytes(cls, data: bytes, fmt: str, stem: str = "mesh") -> "MeshFile":
-        content_type = MESH_CONTENT_TYPES[fmt]
-        return cls(url=f"data:{content_type};base64,{base64.b64encode(data).decode()}",
-                   content_type=content_type, file_name=f"{stem}.{fmt}", file_size=len(data))
+        return cls.inline(data, MESH_CONTENT_TYPES[fmt], f"{stem}.{fmt}")
 
 
 class MeshResponse(StrictModel):

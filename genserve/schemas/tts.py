@@ -8,13 +8,12 @@ the metadata alongside.
 
 from __future__ import annotations
 
-import base64
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from genserve.pipelines.tts import MAX_SEED, SpeechParams, SpeechResult
-from genserve.schemas.common import StrictModel
+from genserve.schemas.common import File, StrictModel
 
 # About a minute of speech for VITS. Bark reads at most 256 tokens; the pipeline refuses longer
 # texts with a message naming `text`.
@@ -57,14 +56,11 @@ class SpeechRequest(StrictModel):
         return SpeechParams(text=self.text, voice_preset=self.voice_preset, seed=self.seed)
 
 
-class AudioFile(StrictModel):
-    url: str = Field(description="The audio as a `data:audio/wav;base64,...` URI.",
-                     examples=["data:audio/wav;base64,UklGRiQAAABXQVZFZm10IBAAAAABAAEA..."])
+class AudioFile(File):
+    """A `File` whose type defaults to WAV."""
+
     content_type: str = Field(WAV_TYPE, description="MIME type of the audio.",
                               examples=[WAV_TYPE])
-    file_name: str = Field(description="Suggested file name.", examples=["speech.wav"])
-    file_size: int = Field(ge=0, description="Size of the decoded file in bytes.",
-                           examples=[96044])
 
 
 class SpeechResponse(StrictModel):
@@ -79,7 +75,5 @@ class SpeechResponse(StrictModel):
     @classmethod
     def from_result(cls, result: SpeechResult, seed: int,
                     file_name: str = "speech.wav") -> "SpeechResponse":
-        wav = result.to_wav()
-        url = f"data:{WAV_TYPE};base64," + base64.b64encode(wav).decode("ascii")
-        return cls(audio=AudioFile(url=url, file_name=file_name, file_size=len(wav)),
+        return cls(audio=AudioFile.inline(result.to_wav(), WAV_TYPE, file_name),
                    sample_rate=result.sample_rate, duration_s=result.duration_s, seed=seed)
