@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_DIR = Path(os.environ.get("GENSERVE_TINY_DIR", ROOT / ".cache" / "tiny-models"))
 API_KEY = "test-key-0123456789"
 MAX_BODY = 4 * 1024 * 1024  # small, so the 413 test need not send 32 MiB
+TRAIN_CPUS = 3
 
 
 def free_port() -> int:
@@ -52,7 +53,9 @@ def ray_cluster(state_dir):
     # SDXL base+refiner+safety (1.0), GPU 1 LLM+TTS+3D (1.0), GPU 2 the scale-to-zero video
     # deployment when it wakes up.
     need = launch.required_resources(launch.load_config())
-    ray.init(num_cpus=need["CPU"], num_gpus=need["GPU"],
+    # Three CPUs more than Serve needs: two Ray Train workers and a job driver for the
+    # personalization tests (logical slots; the box has two real cores either way).
+    ray.init(num_cpus=need["CPU"] + TRAIN_CPUS, num_gpus=need["GPU"],
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     from ray import serve

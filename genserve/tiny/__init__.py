@@ -27,6 +27,9 @@ BUILDERS: dict[str, str] = {
     "bark": "genserve.tiny.tts:build_bark",
     "vits": "genserve.tiny.tts:build_vits",
     "shap-e": "genserve.tiny.shap_e:build_shap_e",
+    "captioner": "genserve.tiny.vision:build_captioner",
+    "clipseg": "genserve.tiny.vision:build_clipseg",
+    "sdxl-public-loras": "genserve.tiny.sdxl_loras:build_public_loras",
 }
 
 
