@@ -96,7 +96,10 @@ class Fetcher:
                 raise InvalidInput(f"`{field_name}`: download took longer than "
                                    f"{self.timeout_s:.0f}s", field=field_name)
             try:
-                with httpx.Client(timeout=remaining, follow_redirects=False) as client:
+                # trust_env=False: a proxy from the environment would reach the pinned IP for us,
+                # bypassing the checks above.
+                with httpx.Client(timeout=remaining, follow_redirects=False,
+                                  trust_env=False) as client:
                     request = client.build_request(
                         "GET", target, headers={"Host": host_header},
                         extensions={"sni_hostname": parts.hostname})

@@ -218,6 +218,34 @@ class RayOptions(StrictModel):
         return self
 
 
+class PreprocessingOptions(StrictModel):
+    """Models and sizes of the data preparation (captions, masks, class images). A genserve
+    extension: fal picks these itself."""
+
+    captioning_model: str = Field(
+        "Salesforce/blip-image-captioning-large", min_length=1, max_length=MAX_URL_CHARS,
+        description="Image-to-text model captioning photos that have no caption (hub id or "
+        "absolute path).", examples=["Salesforce/blip-image-captioning-large"])
+    segmentation_model: str = Field(
+        "CIDAS/clipseg-rd64-refined", min_length=1, max_length=MAX_URL_CHARS,
+        description="CLIPSeg model for the loss masks (hub id or absolute path).",
+        examples=["CIDAS/clipseg-rd64-refined"])
+    class_prompt: str | None = Field(
+        None, min_length=1, max_length=MAX_PROMPT_CHARS, description="Prompt of the prior-"
+        "preservation images; `null` is \"a photo of a <photo_class>\".",
+        examples=["a photo of a man"])
+    num_class_images: int | None = Field(
+        None, ge=1, le=1000, description="Class images to generate; `null` is one per "
+        "training photo.", examples=[None])
+    class_image_steps: int = Field(25, ge=1, le=100, description="Denoising steps per class "
+                                   "image.", examples=[25])
+
+    @field_validator("captioning_model", "segmentation_model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        return check_location(value, frozenset({"repo", "path"}))
+
+
 class PersonalizeRequest(StrictModel):
     """fal's personalization trainer input (plus ``ray``): learn a person from ~10+ photos.
 
@@ -432,7 +460,10 @@ class PersonalizeRequest(StrictModel):
     debug_loss_masks: bool = Field(False, description="Save the loss masks (returned as "
                                    "`debug_masks_file`).", examples=[False])
 
-    # -- genserve extension --------------------------------------------------------------------
+    # -- genserve extensions -------------------------------------------------------------------
+    preprocessing: PreprocessingOptions = Field(
+        default_factory=PreprocessingOptions, description="Captioning, segmentation and class-"
+        "image settings (genserve extension).", examples=[{"num_class_images": None}])
     ray: RayOptions = Field(default_factory=RayOptions,
                             description="Ray Train options (genserve extension, not in fal's "
                             "API).", examples=[{"num_workers": 1, "use_gpu": True}])
