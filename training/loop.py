@@ -56,6 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for step in range(run.start_step, run.plan.total_steps):
         metrics = run.step(step)
         metrics["resumed_from"] = resumed_from
+        metrics["time"] = time.time()  # step intervals incl. reporting (bench/)
         done = step + 1 == run.plan.total_steps
         if rank == 0 and (done or (step + 1) % every == 0):
             with tempfile.TemporaryDirectory(prefix="genserve-ckpt-") as d:
