@@ -76,8 +76,9 @@ def error_path(exc: ValidationError) -> tuple:
     return (*loc, cause.field) if isinstance(cause, FieldError) else loc
 
 
-def test_fields_are_fals_plus_ray():
-    assert set(PersonalizeRequest.model_fields) == set(SEED_DEFAULTS) | set(REQUIRED) | {"ray"}
+def test_fields_are_fals_plus_our_extensions():
+    extensions = {"ray", "preprocessing"}
+    assert set(PersonalizeRequest.model_fields) == set(SEED_DEFAULTS) | set(REQUIRED) | extensions
     required = {n for n, f in PersonalizeRequest.model_fields.items() if f.is_required()}
     assert required == set(REQUIRED)
 
@@ -87,6 +88,8 @@ def test_defaults_match_the_seed():
     for name, value in SEED_DEFAULTS.items():
         assert config[name] == value, name
     assert config["ray"] == RAY_DEFAULTS
+    assert config["preprocessing"]["captioning_model"] == "Salesforce/blip-image-captioning-large"
+    assert config["preprocessing"]["segmentation_model"] == "CIDAS/clipseg-rd64-refined"
 
 
 @pytest.mark.parametrize("model", [PersonalizeRequest, RayOptions, PersonalizeOutput])

@@ -314,3 +314,18 @@ def test_prepare_examples(report):
     with pytest.raises(InvalidInput) as info:
         prepare_examples(report, instance_prompt=None, **kw)
     assert info.value.field == "instance_prompt"
+
+
+def test_center_crop_jitter_is_bounded_in_output_pixels():
+    from training.data import crop_window
+
+    # 200×100 source, 50×50 output: a center crop is the 100×100 middle (75..175), 2 source
+    # pixels per output pixel, so ±10 output pixels is ±20 source pixels around left=50.
+    image = Image.new("RGB", (200, 100))
+    rng = random.Random(0)
+    lefts = {crop_window(image, 50, 50, center_crop=True, face_aware=False, offset_x=0.0,
+                         offset_y=0.0, rng=rng, jitter=(10, 0))[0] for _ in range(200)}
+    assert min(lefts) >= 30 and max(lefts) <= 70 and len(lefts) > 10
+    plain = crop_window(image, 50, 50, center_crop=True, face_aware=False, offset_x=0.0,
+                        offset_y=0.0, rng=rng)
+    assert plain == (50, 0, 150, 100)

@@ -148,14 +148,17 @@ def crop_around_box(image: Image.Image, box: Box, width: int, height: int, *,
 
 
 def crop_window(image: Image.Image, width: int, height: int, *, center_crop: bool,
-                face_aware: bool, offset_x: float, offset_y: float, rng: Rng) -> Box:
+                face_aware: bool, offset_x: float, offset_y: float, rng: Rng,
+                jitter: tuple[int, int] = (0, 0)) -> Box:
     """Where `crop_and_resize` crops, as ``(left, top, right, bottom)``.
 
     Face-aware with a detected face: `crop_around_box`. Otherwise the largest window of the
     target aspect ratio, placed by offsets in [-1, 1] across the slack (the spare pixels):
     0 is centered, -1 flush left/top, 1 flush right/bottom. With ``center_crop`` the offsets
     are ``offset_x``/``offset_y`` (0, 0 = a plain center crop); without, they are drawn
-    uniformly from ``rng`` and the given ones are not used.
+    uniformly from ``rng`` and the given ones are not used. ``jitter`` (x, y), in pixels of
+    the *output* size, then shifts a center crop by a uniform draw in ±jitter (the schema's
+    ``random_crop_offset_x/y``), within the image.
     """
     for name, value in (("offset_x", offset_x), ("offset_y", offset_y)):
         if not -1.0 <= value <= 1.0:
@@ -172,6 +175,10 @@ def crop_window(image: Image.Image, width: int, height: int, *, center_crop: boo
     fit_w, fit_h = _fit(image.size, aspect)
     cx = image.width / 2 + offset_x * (image.width - fit_w) / 2
     cy = image.height / 2 + offset_y * (image.height - fit_h) / 2
+    if center_crop and any(jitter):
+        scale = fit_w / width  # source pixels per output pixel
+        cx += float(rng.uniform(-jitter[0], jitter[0])) * scale
+        cy += float(rng.uniform(-jitter[1], jitter[1])) * scale
     return _place(image.size, fit_w, aspect, cx, cy)
 
 
@@ -309,7 +316,8 @@ def _normalise_name(name: str) -> str:
 def prepare_examples(report: ExtractReport, *, width: int, height: int, center_crop: bool,
                      face_aware: bool, offset_x: float, offset_y: float,
                      captions: dict[str, str], token_abstraction: str, new_tokens: list[str],
-                     instance_prompt: str | None, rng: Rng) -> list[SubjectExample]:
+                     instance_prompt: str | None, rng: Rng,
+                     jitter: tuple[int, int] = (0, 0)) -> list[SubjectExample]:
     """Every image of ``report`` cropped, resized and captioned, in archive order.
 
     A caption is looked up by the image's path in the archive relative to the captions file
@@ -336,7 +344,7 @@ def prepare_examples(report: ExtractReport, *, width: int, height: int, center_c
         image = load_subject_image(path)
         window = crop_window(image, width, height, center_crop=center_crop,
                              face_aware=face_aware, offset_x=offset_x, offset_y=offset_y,
-                             rng=rng)
+                             rng=rng, jitter=jitter)
         resized = image.resize((width, height), Image.Resampling.LANCZOS, box=window)
         scale = width / (window[2] - window[0])
         examples.append(SubjectExample(

@@ -81,8 +81,8 @@ def prepare(cfg: dict[str, Any], *, allow_local: bool = True,
         examples = D.prepare_examples(
             report, width=width, height=height, center_crop=cfg["center_crop"],
             face_aware=cfg["face_aware_cropping"],
-            offset_x=_offset_fraction(cfg["random_crop_offset_x"], width),
-            offset_y=_offset_fraction(cfg["random_crop_offset_y"], height),
+            offset_x=0.0, offset_y=0.0,
+            jitter=(cfg["random_crop_offset_x"], cfg["random_crop_offset_y"]),
             captions=captions, token_abstraction=cfg["token_abstraction"],
             new_tokens=new_tokens, instance_prompt=cfg["instance_prompt"], rng=rng)
         caption_source = "file" if captions else "instance_prompt"
@@ -106,12 +106,6 @@ def prepare(cfg: dict[str, Any], *, allow_local: bool = True,
         _add_class_images(out, cfg)
     _add_debug_files(out, cfg)
     return out
-
-
-def _offset_fraction(pixels: int, side: int) -> float:
-    """The schema's pixel offset as `training.data.crop_window`'s fraction of the slack: an
-    offset of half the training side or more is the full slack (flush to an edge)."""
-    return min(1.0, pixels / max(1, side / 2))
 
 
 def _generate_captions(examples: list, cfg: dict[str, Any], new_tokens: list[str]) -> None:

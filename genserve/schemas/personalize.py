@@ -354,10 +354,12 @@ class PersonalizeRequest(StrictModel):
                               examples=[False])
     face_aware_cropping: bool = Field(True, description="Keep the detected face inside the "
                                       "crop.", examples=[True])
-    random_crop_offset_x: int = Field(0, ge=0, le=MAX_SIDE, description="Horizontal jitter "
-                                      "of the crop window, in pixels.", examples=[0])
-    random_crop_offset_y: int = Field(0, ge=0, le=MAX_SIDE, description="Vertical jitter of "
-                                      "the crop window, in pixels.", examples=[0])
+    random_crop_offset_x: int = Field(0, ge=0, le=MAX_SIDE, description="With `center_crop`: "
+                                      "shift each photo's crop window by up to ± this many "
+                                      "pixels (of the training size) horizontally.",
+                                      examples=[0])
+    random_crop_offset_y: int = Field(0, ge=0, le=MAX_SIDE, description="With `center_crop`: "
+                                      "the same, vertically.", examples=[0])
     random_rotation_start: int = Field(-2, ge=-180, le=180, description="Lower end of the "
                                        "random rotation, in degrees.", examples=[-2])
     random_rotation_end: int = Field(2, ge=-180, le=180, description="Upper end of the random "
