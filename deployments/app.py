@@ -29,6 +29,17 @@ class SDXLArgs(_Args):
     safety_revision: str | None = None
     dtype: str = Field("auto", description="auto (fp16 on CUDA, fp32 on CPU), float16, "
                                            "bfloat16 or float32.")
+    lora_dir: str | None = Field(
+        None, description="Trained LoRAs, one `<lora_id>/` directory each (where "
+        "personalization jobs write); default $GENSERVE_STATE_DIR/loras on each replica's "
+        "node. Served on the next request, no redeploy.", examples=["/mnt/shared/loras"])
+    public_lora_dir: str | None = Field(
+        None, description="Public LoRAs as `<name>.safetensors` (kohya or diffusers files), "
+        "requested by `lora_name`; null: none (a `lora_name` request is a 404).",
+        examples=["/mnt/shared/public-loras"])
+    max_loras_per_replica: int = Field(
+        8, ge=1, le=256, description="LoRAs each SDXL replica keeps loaded (LRU); Serve routes "
+        "a LoRA's requests to replicas that hold it.", examples=[8])
 
 
 class ModelArgs(_Args):
@@ -82,10 +93,13 @@ def tiny_models(args: AppArgs) -> AppArgs:
     root = args.tiny_models_dir.rstrip("/")
     update = {}
     if args.sdxl:
+        # Trained LoRAs stay where they are (the tests train against the tiny base); public
+        # ones must fit the tiny UNet, so they come from the tiny factory too.
         update["sdxl"] = args.sdxl.model_copy(update={
             "base_model": f"{root}/sdxl-base", "refiner_model": f"{root}/sdxl-refiner",
             "vae_model": f"{root}/sdxl-vae", "safety_model": f"{root}/safety-checker",
-            "base_revision": None, "refiner_revision": None, "safety_revision": None})
+            "base_revision": None, "refiner_revision": None, "safety_revision": None,
+            "public_lora_dir": f"{root}/sdxl-public-loras"})
     if args.llm:
         # Clients keep using the production name; only the weights are stand-ins. The context
         # limit is the production model's; the stand-in has its own (smaller) one.
@@ -113,10 +127,13 @@ def build(args: AppArgs) -> Application:
     if s := args.sdxl:
         from deployments.sdxl import SafetyChecker, SDXLBase, SDXLRefiner
 
+        loras = {"lora_dir": s.lora_dir, "public_lora_dir": s.public_lora_dir,
+                 "max_loras_per_replica": s.max_loras_per_replica}
         handles["base"] = SDXLBase.bind(s.base_model, vae_id=s.vae_model,
-                                        revision=s.base_revision, dtype=s.dtype)
+                                        revision=s.base_revision, dtype=s.dtype, **loras)
         handles["refiner"] = SDXLRefiner.bind(s.refiner_model, vae_id=s.vae_model,
-                                              revision=s.refiner_revision, dtype=s.dtype)
+                                              revision=s.refiner_revision, dtype=s.dtype,
+                                              **loras)
         handles["safety"] = SafetyChecker.bind(s.safety_model, revision=s.safety_revision,
                                                dtype=s.dtype)
     if m := args.llm:

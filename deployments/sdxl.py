@@ -3,42 +3,102 @@
 Thin on purpose: the constructor loads the pipeline once (the book's lifespan preload) and the
 methods call it. GPU fractions, autoscaling and queue limits come from `serve_config.yaml`;
 the decorator values are only the defaults for Python use without a config.
+
+LoRAs are Serve multiplexed models: the ingress sends ``multiplexed_model_id`` =
+``id:<lora_id>`` / ``public:<name>`` so Serve routes to a replica that has the LoRA loaded,
+and each replica keeps the ``max_loras_per_replica`` most recently used ones (LRU eviction
+unloads them, see `genserve.pipelines.lora.LoadedLora`). The generation methods are async so
+they can await the loader; the pipeline itself runs in a worker thread (`asyncio.to_thread`),
+as Serve runs sync methods by default (RAY_SERVE_RUN_SYNC_IN_THREADPOOL), so the replica's
+event loop stays free for health checks and the next request while a diffusion runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
 from ray import serve
 
+from genserve.errors import InvalidInput
 from genserve.pipelines.outputs import ImageBatch, LatentBatch
 from genserve.pipelines.params import BaseParams, RefineParams
 
 
+class _LoraServing:
+    """The multiplexed LoRA loader both SDXL stages share (a mixin: Serve binds the methods of
+    the deployment class and its bases alike)."""
+
+    def _init_loras(self, lora_dir: str | None, public_lora_dir: str | None,
+                    max_loras_per_replica: int) -> None:
+        from genserve.pipelines.lora import LoraStore
+        from genserve.state import default_lora_dir
+
+        self.lora_store = LoraStore(lora_dir or default_lora_dir(), public_lora_dir)
+        # `@serve.multiplexed(max_num_models_per_replica=…)` is fixed when the class is
+        # defined; applied here it takes the cache size from the YAML. The wrapper carries the
+        # method's name, so Serve takes `self` as the multiplex owner: replica shutdown unloads
+        # the LoRAs, and the wrapper reports this replica's LoRA ids to the controller for
+        # routing (tests/test_lora_serving.py reads them back).
+        self._load_lora = serve.multiplexed(max_num_models_per_replica=max_loras_per_replica)(
+            type(self)._load_lora)
+
+    async def _load_lora(self, key: str) -> Any:
+        ref = self.lora_store.resolve_key(key)  # NotFound / InvalidInput name the field
+        return await asyncio.to_thread(self.pipeline.loras.load, ref)
+
+    async def _run_with_lora(self, adapter: str | None, run: Callable[[Any], Any]) -> Any:
+        """``run(lora)`` in a worker thread, with the request's LoRA loaded and pinned."""
+        if adapter is None:
+            return await asyncio.to_thread(run, None)
+        routed = serve.get_multiplexed_model_id()
+        if routed != adapter:
+            raise InvalidInput(f"`adapter` {adapter!r} must also be the request's multiplexed "
+                               f"model id (got {routed!r}): call this handle with "
+                               f".options(multiplexed_model_id={adapter!r})", "adapter")
+        lora = await self._load_lora(self, adapter)
+        # No await between the cache lookup and the pin: an eviction can only retire it.
+        with lora.in_use():
+            return await asyncio.to_thread(run, lora)
+
+    def loaded_loras(self) -> list[str]:
+        """Multiplexed ids of the LoRAs this replica holds (loaded, not evicted)."""
+        return self.pipeline.loras.loaded()
+
+
 @serve.deployment(ray_actor_options={"num_gpus": 0.45}, max_ongoing_requests=2)
-class SDXLBase:
+class SDXLBase(_LoraServing):
     def __init__(self, model_id: str, vae_id: str | None = None, revision: str | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", lora_dir: str | None = None,
+                 public_lora_dir: str | None = None, max_loras_per_replica: int = 8):
         from genserve.pipelines.sdxl_base import SDXLBasePipeline
 
         self.pipeline = SDXLBasePipeline(model_id, vae_id=vae_id, revision=revision, dtype=dtype)
+        self._init_loras(lora_dir, public_lora_dir, max_loras_per_replica)
 
-    def generate(self, params: BaseParams) -> LatentBatch | ImageBatch:
-        return self.pipeline.generate(params)
+    async def generate(self, params: BaseParams) -> LatentBatch | ImageBatch:
+        return await self._run_with_lora(
+            params.adapter, lambda lora: self.pipeline.generate(params, lora=lora))
 
     def check_health(self) -> None:
         self.pipeline.check_health()
 
 
 @serve.deployment(ray_actor_options={"num_gpus": 0.45}, max_ongoing_requests=2)
-class SDXLRefiner:
+class SDXLRefiner(_LoraServing):
     def __init__(self, model_id: str, vae_id: str | None = None, revision: str | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", lora_dir: str | None = None,
+                 public_lora_dir: str | None = None, max_loras_per_replica: int = 8):
         from genserve.pipelines.sdxl_refiner import SDXLRefinerPipeline
 
         self.pipeline = SDXLRefinerPipeline(model_id, vae_id=vae_id, revision=revision,
                                             dtype=dtype)
+        self._init_loras(lora_dir, public_lora_dir, max_loras_per_replica)
 
-    def refine(self, batch: LatentBatch, params: RefineParams) -> ImageBatch:
-        return self.pipeline.refine(batch, params)
+    async def refine(self, batch: LatentBatch, params: RefineParams) -> ImageBatch:
+        return await self._run_with_lora(
+            params.adapter, lambda lora: self.pipeline.refine(batch, params, lora=lora))
 
     def check_health(self) -> None:
         self.pipeline.check_health()

@@ -27,9 +27,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # the ingress validates ids with LORA_ID and must not import torch
+    import torch
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 EMBEDDINGS_NAME = "embeddings.safetensors"
@@ -83,6 +84,15 @@ def save_lora_weights(path: str | Path, weights: LoraWeights) -> Path:
     path = Path(path)
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def has_peft_configs(path: str | Path) -> bool:
+    """Whether ``path`` carries genserve's peft configs (reads the header only). Files without
+    them (diffusers' or kohya's writers) go through diffusers' own loader."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(k.startswith(_PEFT_KEY) for k in (f.metadata() or {}))
 
 
 def load_lora_weights(path: str | Path) -> LoraWeights:

@@ -6,11 +6,11 @@ A CSV in the container, as in the book, disappears with the container.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
+
+from genserve.state import state_dir
 
 metadata = sa.MetaData()
 usage_table = sa.Table(
@@ -42,7 +42,7 @@ class UsageRecord:
 
 
 def default_database_url() -> str:
-    state = Path(os.environ.get("GENSERVE_STATE_DIR", Path.home() / ".genserve"))
+    state = state_dir()
     state.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{state / 'genserve.db'}"
 

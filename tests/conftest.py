@@ -19,6 +19,8 @@ TINY_DIR = Path(os.environ.get("GENSERVE_TINY_DIR", ROOT / ".cache" / "tiny-mode
 API_KEY = "test-key-0123456789"
 MAX_BODY = 4 * 1024 * 1024  # small, so the 413 test need not send 32 MiB
 TRAIN_CPUS = 3
+# Few LoRA slots per SDXL replica, so the LoRA tests can drive LRU eviction with a handful.
+MAX_LORAS = 3
 
 
 def free_port() -> int:
@@ -37,6 +39,12 @@ def tiny_models() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory) -> Path:
+    """The app's `sdxl.lora_dir`: a `<lora_id>/` written here is served on the next request."""
+    return tmp_path_factory.mktemp("loras")
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +96,7 @@ def image_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def app_url(ray_cluster, tiny_models, state_dir, image_server) -> str:
+def app_url(ray_cluster, tiny_models, state_dir, image_server, lora_dir) -> str:
     from genserve import launch
 
     port = free_port()
@@ -101,11 +109,15 @@ def app_url(ray_cluster, tiny_models, state_dir, image_server) -> str:
                                                      "batch_wait_timeout_s": 0.3}}
     # Video keeps the YAML's scale-to-zero (min 0, starts at 0) with at most one replica.
     deployments["ImageToVideo"] = {"autoscaling_config": {"max_replicas": 1}}
+    config = launch.load_config()
+    # overlay() replaces an arg section whole: keep the YAML's sdxl keys and change two.
+    sdxl = {**next(a for a in config["applications"] if a["name"] == launch.APP_NAME)["args"]
+            ["sdxl"], "lora_dir": str(lora_dir), "max_loras_per_replica": MAX_LORAS}
     config = launch.overlay(
-        launch.load_config(), tiny_models_dir=str(next(iter(tiny_models.values())).parent),
+        config, tiny_models_dir=str(next(iter(tiny_models.values())).parent),
         host="127.0.0.1", port=port,
         args={"database_url": f"sqlite:///{state_dir / 'usage.db'}", "max_body_bytes": MAX_BODY,
-              "fetch_allow_hosts": [image_server]},
+              "fetch_allow_hosts": [image_server], "sdxl": sdxl},
         deployments=deployments,
     )
     launch.deploy(config, timeout_s=300)

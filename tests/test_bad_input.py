@@ -31,7 +31,9 @@ CASES = [
     ("NaN guidance", {"guidance_scale": float("nan")}, "guidance_scale", "finite"),
     ("refiner gets no step", {"is_ensemble": True, "num_inference_steps": 4, "refiner_ratio": 0.1},
      "refiner_ratio", "at least one step"),
-    ("lora not served yet", {"lora_id": "user-123"}, "lora_id", "LoRA"),
+    ("lora id with a path", {"lora_id": "../user-123"}, "lora_id", "pattern"),
+    ("lora scale too high", {"lora_id": "user-123", "lora_scale": 3}, "lora_scale",
+     "less than or equal to 2"),
     ("unknown aspect ratio", {"aspect_ratio": "7:5"}, "aspect_ratio", "1:1"),
 ]
 

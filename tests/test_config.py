@@ -99,6 +99,8 @@ def test_builder_binds_the_graph(config):
     assert type(tiny).__name__ == "Application"
     mapped = tiny_models(args.model_copy(update={"tiny_models_dir": "/m"}))
     assert mapped.llm.model == "/m/llm" and mapped.llm.served_name == args.llm.served_name
+    assert mapped.sdxl.public_lora_dir == "/m/sdxl-public-loras"  # fits the tiny UNet
+    assert mapped.sdxl.lora_dir == args.sdxl.lora_dir  # trained LoRAs stay where jobs write
     assert (mapped.tts.model, mapped.video.model, mapped.mesh3d.model) == (
         "/m/bark", "/m/svd", "/m/shap-e")
     vits = AppArgs.model_validate({**args.model_dump(), "tiny_models_dir": "/m",

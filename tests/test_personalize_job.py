@@ -200,7 +200,3 @@ def _catch(fn):
     except BaseException as e:  # handed to the test thread, which asserts on it
         return e
 
-
-@pytest.fixture(scope="session")
-def lora_dir(tmp_path_factory):  # TEMP until conftest has it
-    return tmp_path_factory.mktemp("loras")

@@ -66,7 +66,8 @@ def test_data_uri_seed_image_accepted():
      "refiner_strength"),
     ({"seed_image": b64_png(np.zeros((8, 8, 3), np.uint8)), "num_inference_steps": 4,
       "strength": 0.2}, "strength"),
-    ({"lora_name": "offset"}, "lora_name"),
+    ({"lora_scale": 0.5}, "lora_scale"),
+    ({"lora_id": "mine", "lora_name": "offset"}, "lora_name"),
 ])
 def test_cross_field_rules_name_the_field(kwargs, field):
     with pytest.raises(ValidationError) as exc:

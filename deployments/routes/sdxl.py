@@ -15,18 +15,23 @@ def sdxl_images(base: DeploymentHandle, refiner: DeploymentHandle, safety: Deplo
     """The composed graph for one request, as a `DeploymentResponse` of an `ImageBatch`. Not
     awaited: each stage's response goes straight into the next handle call (and callers can
     chain it further, e.g. into the video deployment)."""
-    from genserve.pipelines.params import BaseParams, RefineParams
+    from genserve.pipelines.params import BaseParams, RefineParams, adapter_key
 
     width, height = body.output_size()
+    adapter = adapter_key(body.lora_id, body.lora_name)
     base_p = BaseParams(
         prompt=body.prompt, negative_prompt=body.negative_prompt, height=height, width=width,
         steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
         num_images=body.num_images_per_prompt, seed=seed, scheduler=body.scheduler,
         timestep_spacing=body.timestep_spacing, init_image=body.init_image,
-        strength=body.strength)
+        strength=body.strength, adapter=adapter, lora_scale=body.lora_scale)
     refine = RefineParams(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=seed,
-        scheduler=body.scheduler, timestep_spacing=body.timestep_spacing)
+        scheduler=body.scheduler, timestep_spacing=body.timestep_spacing, adapter=adapter)
+    if adapter is not None:
+        # Serve routes to a replica that already holds this LoRA (and loads it otherwise).
+        base = base.options(multiplexed_model_id=adapter)
+        refiner = refiner.options(multiplexed_model_id=adapter)
     if body.mode == "ensemble":
         # One trajectory split at 1 − ratio: same step count, same guidance throughout.
         split = 1.0 - body.refiner_ratio

@@ -10,6 +10,30 @@ from typing import Literal
 
 from PIL import Image
 
+# A LoRA's multiplexed model id: which directory it comes from and its name there. Trained
+# and public LoRAs live in separate namespaces, so a user id can never shadow a public name.
+TRAINED, PUBLIC = "id", "public"
+
+
+def adapter_key(lora_id: str | None = None, lora_name: str | None = None) -> str | None:
+    """The multiplexed model id for a request's LoRA: ``id:<lora_id>``, ``public:<name>``.
+
+    >>> adapter_key(lora_id="user-1"), adapter_key(lora_name="offset"), adapter_key()
+    ('id:user-1', 'public:offset', None)
+    """
+    if lora_id is not None:
+        return f"{TRAINED}:{lora_id}"
+    return f"{PUBLIC}:{lora_name}" if lora_name is not None else None
+
+
+def split_adapter_key(key: str) -> tuple[str, str]:
+    """(namespace, name) of a key made by `adapter_key`; the request field named in errors is
+    ``lora_id`` for trained LoRAs and ``lora_name`` for public ones."""
+    namespace, sep, name = key.partition(":")
+    if not sep or namespace not in (TRAINED, PUBLIC):
+        raise ValueError(f"adapter key {key!r} is not 'id:<lora_id>' or 'public:<name>'")
+    return namespace, name
+
 
 @dataclass
 class BaseParams:
@@ -30,6 +54,9 @@ class BaseParams:
     strength: float = 0.2
     denoising_end: float | None = None
     output: Literal["latent", "image"] = "image"
+    # `adapter_key`; the deployment also expects it as the request's multiplexed model id.
+    adapter: str | None = None
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -46,3 +73,4 @@ class RefineParams:
     timestep_spacing: str = "linspace"
     denoising_start: float | None = None
     strength: float = 0.3
+    adapter: str | None = None  # the refiner loads only the LoRA's text-encoder-2 tokens

@@ -3,6 +3,8 @@
 No Ray in here: the Serve deployment wraps this class, and tests and benchmarks call it
 directly. One loaded set of weights serves every request; each call builds a light pipeline
 object around them with its own scheduler, so concurrent calls never share scheduler state.
+LoRAs (`self.loras`, see `genserve.pipelines.lora`) are loaded into those shared weights, so a
+run holds the LoRA lock with exactly its own adapter active.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from PIL import Image
 
 from genserve.device import cpu_generator
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
+from genserve.pipelines.lora import BASE_ADAPTERS, BASE_TOKENS, LoadedLora, LoraHost
 from genserve.pipelines.outputs import ImageBatch, LatentBatch, step_callback, to_uint8
 from genserve.pipelines.params import BaseParams
 from genserve.pipelines.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
-
 
 
 class SDXLBasePipeline:
@@ -48,6 +50,7 @@ class SDXLBasePipeline:
         pipe.set_progress_bar_config(disable=True)
         self._components = pipe.components
         self._scheduler_config = dict(pipe.scheduler.config)
+        self.loras = LoraHost(self._components, adapters=BASE_ADAPTERS, tokens=BASE_TOKENS)
         self.health = HealthState()
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s/%s in %.1fs", model_id, self.placement.device,
@@ -57,18 +60,30 @@ class SDXLBasePipeline:
         self.health.raise_if_broken()
         probe_vae(self._components["vae"], self.placement)
 
-    def generate(self, p: BaseParams, on_step=None) -> LatentBatch | ImageBatch:
+    def generate(self, p: BaseParams, on_step=None,
+                 lora: LoadedLora | None = None) -> LatentBatch | ImageBatch:
         """Run one request; returns latents when ``p.output == "latent"``, else images.
-        ``on_step(step, total)`` is called after each denoising step."""
+        ``on_step(step, total)`` is called after each denoising step. ``lora`` (from
+        ``self.loras.load``) is applied at ``p.lora_scale``; without it no adapter is active."""
+        self.health.raise_if_broken()
+        with self.loras.active(lora, p.lora_scale) as rewrite:
+            started = time.perf_counter()  # model time, not time queued behind the lock
+            result = self._run(p, on_step, rewrite)
+            timings = {"base": time.perf_counter() - started}
+        if p.output == "latent":
+            return LatentBatch(result.float().cpu(), p.height, p.width, timings)
+        return ImageBatch(to_uint8(result), timings)
+
+    def _run(self, p: BaseParams, on_step, rewrite):
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-        self.health.raise_if_broken()
-        started = time.perf_counter()
+        # Read the components under the LoRA lock: loads swap the tokenizers.
         components = {**self._components,
                       "scheduler": make_scheduler(p.scheduler, p.timestep_spacing,
                                                   self._scheduler_config)}
         kwargs = dict(
-            prompt=p.prompt, negative_prompt=p.negative_prompt, num_inference_steps=p.steps,
+            prompt=rewrite(p.prompt), negative_prompt=rewrite(p.negative_prompt),
+            num_inference_steps=p.steps,
             guidance_scale=p.guidance_scale, num_images_per_prompt=p.num_images,
             generator=cpu_generator(p.seed),
             output_type="latent" if p.output == "latent" else "np",
@@ -90,9 +105,5 @@ class SDXLBasePipeline:
         with self.health.guard(f"out of GPU memory for {p.num_images}×{p.width}×{p.height}; "
                                 "retry later or ask for fewer/smaller images"):
             with torch.inference_mode():
-                result = pipe(**kwargs).images
-        timings = {"base": time.perf_counter() - started}
-        if p.output == "latent":
-            return LatentBatch(result.float().cpu(), p.height, p.width, timings)
-        return ImageBatch(to_uint8(result), timings)
+                return pipe(**kwargs).images
 

@@ -1,5 +1,6 @@
 """SDXL refiner: finishes the base model's latents (ensemble of experts) or re-denoises its
-output as image-to-image (two-step). Text encoder 2 only, aesthetic-score conditioning."""
+output as image-to-image (two-step). Text encoder 2 only, aesthetic-score conditioning.
+A request's LoRA contributes only its text-encoder-2 tokens here (see `genserve.pipelines.lora`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import torch
 
 from genserve.device import cpu_generator
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
+from genserve.pipelines.lora import REFINER_TOKENS, LoadedLora, LoraHost
 from genserve.pipelines.outputs import ImageBatch, LatentBatch, step_callback, to_uint8
 from genserve.pipelines.params import RefineParams
 from genserve.pipelines.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
-
 
 
 class SDXLRefinerPipeline:
@@ -39,6 +40,7 @@ class SDXLRefinerPipeline:
         self._config = {"requires_aesthetics_score": pipe.config.requires_aesthetics_score,
                         "force_zeros_for_empty_prompt": pipe.config.force_zeros_for_empty_prompt}
         self._scheduler_config = dict(pipe.scheduler.config)
+        self.loras = LoraHost(self._components, adapters=(), tokens=REFINER_TOKENS)
         self.health = HealthState()
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s/%s in %.1fs", model_id, self.placement.device,
@@ -48,11 +50,18 @@ class SDXLRefinerPipeline:
         self.health.raise_if_broken()
         probe_vae(self._components["vae"], self.placement)
 
-    def refine(self, batch: LatentBatch, p: RefineParams, on_step=None) -> ImageBatch:
+    def refine(self, batch: LatentBatch, p: RefineParams, on_step=None,
+               lora: LoadedLora | None = None) -> ImageBatch:
+        self.health.raise_if_broken()
+        with self.loras.active(lora) as rewrite:
+            started = time.perf_counter()  # model time, not time queued behind the lock
+            images = self._run(batch, p, on_step, rewrite)
+            seconds = time.perf_counter() - started
+        return ImageBatch(to_uint8(images), {**batch.timings, "refiner": seconds})
+
+    def _run(self, batch: LatentBatch, p: RefineParams, on_step, rewrite):
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
-        self.health.raise_if_broken()
-        started = time.perf_counter()
         pipe = StableDiffusionXLImg2ImgPipeline(
             **{**self._components, "scheduler": make_scheduler(
                 p.scheduler, p.timestep_spacing, self._scheduler_config)},
@@ -60,7 +69,7 @@ class SDXLRefinerPipeline:
         pipe.set_progress_bar_config(disable=True)
         latents = batch.latents.to(self.placement.device, self.placement.dtype)
         kwargs = dict(
-            prompt=p.prompt, negative_prompt=p.negative_prompt, image=latents,
+            prompt=rewrite(p.prompt), negative_prompt=rewrite(p.negative_prompt), image=latents,
             num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
             num_images_per_prompt=latents.shape[0], generator=cpu_generator(p.seed),
             output_type="np",
@@ -73,6 +82,4 @@ class SDXLRefinerPipeline:
             kwargs["callback_on_step_end"] = step_callback(on_step)
         with self.health.guard("out of GPU memory in the refiner; retry later"):
             with torch.inference_mode():
-                images = pipe(**kwargs).images
-        return ImageBatch(to_uint8(images),
-                          {**batch.timings, "refiner": time.perf_counter() - started})
+                return pipe(**kwargs).images

@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import Field, PrivateAttr, model_validator
 
 from genserve.images import MAX_ENCODED_BYTES, ImageDecodeError, decode_base64_image
+from genserve.lora_format import LORA_ID_PATTERN
 from genserve.schemas.common import FieldError, ImageOut, StrictModel
 
 SchedulerName = Literal["DDIM", "K_EULER", "EulerA", "DPMSolverMultistep", "KarrasDPM", "PNDM",
@@ -38,7 +39,8 @@ MAX_IMAGES = 4
 # images or one 2048² image per request.
 MAX_TOTAL_PIXELS = 4 * 1024 * 1024
 MAX_PROMPT_CHARS = 2000
-PNDM_MIN_STEPS = 4  # CLIP reads 77 tokens; longer text is only cost and log noise
+PNDM_MIN_STEPS = 4
+MAX_LORA_SCALE = 2.0  # past ~1.5 most LoRAs overcook; 2 leaves room for weak ones  # CLIP reads 77 tokens; longer text is only cost and log noise
 
 
 class GenerateRequest(StrictModel):
@@ -103,12 +105,19 @@ class GenerateRequest(StrictModel):
         0.3, ge=0.05, le=1.0, allow_inf_nan=False,
         description="genserve extension: image-to-image strength of the two-step refiner.",
         examples=[0.3])
-    lora_id: str | None = Field(None, max_length=128,
-                                description="A fine-tuned LoRA to apply (personalization).",
-                                examples=["user-123-portrait"])
-    lora_name: str | None = Field(None, max_length=128,
-                                  description='A public LoRA, e.g. "offset".',
-                                  examples=["offset"])
+    lora_id: str | None = Field(
+        None, max_length=64, pattern=LORA_ID_PATTERN,
+        description="A LoRA trained by a personalization job (its output id); served on the "
+        "next request after training ends. Letters, digits, `_`, `-`.",
+        examples=["user-123-portrait"])
+    lora_name: str | None = Field(
+        None, max_length=64, pattern=LORA_ID_PATTERN,
+        description='A public LoRA by name, e.g. "offset" (the server\'s '
+        "`public_lora_dir/<name>.safetensors`).", examples=["offset"])
+    lora_scale: float = Field(
+        1.0, ge=0.0, le=MAX_LORA_SCALE, allow_inf_nan=False,
+        description="Strength of the LoRA's weights: 0 off, 1 as trained (its learned tokens "
+        "apply at any scale). Needs `lora_id` or `lora_name`.", examples=[0.8])
     safety_filter: bool = Field(True, description="Run the NSFW safety checker; flagged "
                                 "images are blacked out and reported in `has_nsfw_concepts`.",
                                 examples=[True])
@@ -130,10 +139,13 @@ class GenerateRequest(StrictModel):
         if "refiner_ratio" in self.model_fields_set and not self.is_ensemble:
             raise FieldError("refiner_ratio", f"`refiner_ratio` ({self.refiner_ratio}) requires "
                              "`is_ensemble=true`; is_ensemble is false")
-        for field in ("lora_id", "lora_name"):
-            if getattr(self, field) is not None:
-                raise FieldError(field, f"`{field}` cannot be served yet: LoRA loading is not "
-                                 "enabled on this server")
+        if self.lora_id is not None and self.lora_name is not None:
+            raise FieldError("lora_name", "one LoRA per request: got `lora_id` "
+                             f"{self.lora_id!r} and `lora_name` {self.lora_name!r}")
+        if "lora_scale" in self.model_fields_set and self.lora_id is None \
+                and self.lora_name is None:
+            raise FieldError("lora_scale", f"`lora_scale` ({self.lora_scale}) requires "
+                             "`lora_id` or `lora_name`; neither is set")
         steps = self.num_inference_steps
         if self.scheduler == "PNDM":
             # diffusers' PNDM needs 4 timesteps for its warm-up (PRK) phase.

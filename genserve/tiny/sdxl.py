@@ -46,6 +46,11 @@ def _unet(cross_attention_dim: int, n_time_ids: int):
     )
 
 
+def base_unet():
+    """The base's UNet architecture (random weights): both encoders, 6 time ids."""
+    return _unet(cross_attention_dim=2 * TEXT_HIDDEN, n_time_ids=6)
+
+
 def _vae():
     from diffusers import AutoencoderKL
 
@@ -70,7 +75,7 @@ def build_base(directory: Path) -> None:
 
     tok_dir = save_clip_tokenizer(directory / "_tok")
     torch.manual_seed(0)
-    unet = _unet(cross_attention_dim=2 * TEXT_HIDDEN, n_time_ids=6)
+    unet = base_unet()
     torch.manual_seed(0)
     vae = _vae()
     torch.manual_seed(0)
