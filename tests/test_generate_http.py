@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -106,10 +108,18 @@ def test_response_carries_request_id_and_usage_is_logged(client, state_dir):
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "trace-abc-123"
     engine = sa.create_engine(f"sqlite:///{state_dir / 'usage.db'}")
-    with engine.connect() as conn:
-        row = conn.execute(sa.text(
-            "SELECT endpoint, method, status_code, successful, client, latency_s "
-            "FROM usage_log WHERE request_id = 'trace-abc-123'")).one()
+    # The row is written once the response has been sent (the client must not wait on the
+    # log), so it can land a moment after the response arrives.
+    deadline = time.monotonic() + 10
+    while True:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT endpoint, method, status_code, successful, client, latency_s "
+                "FROM usage_log WHERE request_id = 'trace-abc-123'")).one_or_none()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert row is not None, "no usage row within 10 s"
     assert row.endpoint == "/generate" and row.method == "POST"
     assert row.status_code == 200 and row.successful
     assert row.client == "127.0.0.1" and row.latency_s > 0

@@ -61,7 +61,8 @@ SEED_DEFAULTS = {
     "disable_unet_during_ti_training": False,
 }
 RAY_DEFAULTS = {"num_workers": 1, "use_gpu": True, "resources_per_worker": None,
-                "storage_path": None, "max_failures": 2, "checkpoint_every_n_steps": 100}
+                "storage_path": None, "max_failures": 2, "checkpoint_every_n_steps": 100,
+                "report_every_n_steps": 10}
 
 
 def make(**overrides) -> PersonalizeRequest:

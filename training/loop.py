@@ -53,12 +53,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("rank %d resumed at step %d", rank, run.start_step)
     run.unet = ray.train.torch.prepare_model(run.trained.unet, move_to_device=False)
     every = cfg["ray"]["checkpoint_every_n_steps"]
+    report_every = cfg["ray"]["report_every_n_steps"]
     for step in range(run.start_step, run.plan.total_steps):
         metrics = run.step(step)
         metrics["resumed_from"] = resumed_from
         metrics["time"] = time.time()  # step intervals incl. reporting (bench/)
         done = step + 1 == run.plan.total_steps
-        if rank == 0 and (done or (step + 1) % every == 0):
+        checkpoint_now = done or (step + 1) % every == 0
+        # Every worker must make the same report calls (they are matched round by round),
+        # so the choice depends on the step only.
+        if not (checkpoint_now or (step + 1) % report_every == 0):
+            continue
+        if rank == 0 and checkpoint_now:
             with tempfile.TemporaryDirectory(prefix="genserve-ckpt-") as d:
                 save_checkpoint(run.trained, Path(d), step=step + 1, optimizer=run.optimizer,
                                 lr_scheduler=run.lr_scheduler, resumed_from=resumed_from)

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from genserve.schemas.personalize import PersonalizeOutput, PersonalizeRequest
 from genserve.state import default_lora_dir, state_dir
 
 log = logging.getLogger(__name__)
+
+CONTROLLER_POLL_S = 0.25
 
 # name in the final checkpoint → PersonalizeOutput field, in upload order (weights last).
 _OUTPUTS = (
@@ -97,6 +100,9 @@ def run_job(request: PersonalizeRequest | dict[str, Any], *, job_id: str | None 
     cfg = request.to_config()
     if not ray.is_initialized():
         ray.init()
+    # Ray Train's controller takes one report per poll (2 s by default): a job with fast steps
+    # would wait on it. The controller inherits the driver's environment.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(CONTROLLER_POLL_S))
     data_ref = _prepare_task(cfg).remote(cfg, allow_local=allow_local,
                                          fetch_allow_hosts=fetch_allow_hosts or [])
     result = build_trainer(cfg, data_ref, job_id).fit()

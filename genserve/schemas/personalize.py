@@ -199,6 +199,11 @@ class RayOptions(StrictModel):
     checkpoint_every_n_steps: int = Field(
         100, ge=1, le=10_000, description="Save a checkpoint every this many optimizer steps "
         "(and always at the end).", examples=[100])
+    report_every_n_steps: int = Field(
+        10, ge=1, le=10_000, description="Report loss/lr/step to Ray Train every this many "
+        "steps (and with every checkpoint). Each report is a round trip through Ray Train's "
+        "controller; reporting every fast step would pace training to its poll interval.",
+        examples=[10])
 
     @field_validator("storage_path")
     @classmethod
