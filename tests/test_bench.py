@@ -29,3 +29,17 @@ def test_train_overhead_times_plain_and_ray_steps(ray_cluster, tmp_path):
     ratio = results["ratios"]["ray-1"]
     assert ratio["step_time"] > 0 and ratio["throughput"] > 0
     assert results["goal"]["ray-1 step_time"] == ratio["step_time"]
+
+
+def test_lora_cache_times_none_miss_hit_and_churn(app_url, lora_dir):
+    """Against the session app (its SDXL replicas keep 3 LoRAs, see conftest): the bench's
+    phases run and produce figures; deploying its own app here would replace the session's."""
+    from bench import lora_cache
+    from tests.conftest import API_KEY
+
+    ids = lora_cache.write_loras(lora_dir, 4, prefix="bench-smoke")
+    figures = lora_cache.measure(app_url, ids, cache=3, hits=1, size=64, steps=2, key=API_KEY)
+    assert figures["miss"]["n"] == 3 and figures["hit"]["n"] == 3 and figures["churn"]["n"] == 8
+    for phase in ("none", "miss", "hit", "churn"):
+        assert figures[phase]["median_ms"] > 0, phase
+    assert set(figures["ratios"]) == {"miss", "hit", "churn", "miss_over_hit"}
