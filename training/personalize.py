@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
