@@ -38,12 +38,9 @@ class Captioner:
 
         self.model_id = model_id
         self.placement = Placement.resolve(device, dtype)
-        kwargs = self.placement.from_pretrained_kwargs(revision)
-        # Captioning repos ship one set of fp32 weights and no fp16 variant file; asking for
-        # one fails, while the fp32 weights are cast to the placement's dtype as they load.
-        kwargs.pop("variant", None)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
-        self.model.to(self.placement.device).eval()
+        # Captioning repos ship one set of fp32 weights and no fp16 variant file.
+        self.model = self.placement.load(AutoModelForImageTextToText, model_id, revision,
+                                         fp16_variant=False)
         self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
         self.tokenizer = self.processor.tokenizer
         # Stripped again after decoding: added tokens such as BLIP's [DEC] are not always

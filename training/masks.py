@@ -38,12 +38,9 @@ class SubjectMasker:
 
         self.model_id = model_id
         self.placement = Placement.resolve(device, dtype)
-        kwargs = self.placement.from_pretrained_kwargs(revision)
-        # The CLIPSeg repos ship fp32 weights only (no fp16 variant file to ask for); they are
-        # cast to the placement's dtype as they load.
-        kwargs.pop("variant", None)
-        self.model = CLIPSegForImageSegmentation.from_pretrained(model_id, **kwargs)
-        self.model.to(self.placement.device).eval()
+        # The CLIPSeg repos ship fp32 weights only (no fp16 variant file).
+        self.model = self.placement.load(CLIPSegForImageSegmentation, model_id, revision,
+                                         fp16_variant=False)
         self.processor = CLIPSegProcessor.from_pretrained(model_id, revision=revision)
 
     def masks(self, images: list[Image.Image], prompt: str, *, size: tuple[int, int],

@@ -50,6 +50,16 @@ class Placement:
             kwargs["variant"] = "fp16"
         return kwargs
 
+    def load(self, model_cls: Any, model_id: str, revision: str | None = None, *,
+             fp16_variant: bool = True) -> Any:
+        """``model_cls.from_pretrained`` placed and in eval mode. ``fp16_variant=False`` for
+        repos that ship fp32 weights only (no variant file to ask for): they are cast to the
+        placement's dtype as they load."""
+        kwargs = self.from_pretrained_kwargs(revision)
+        if not fp16_variant:
+            kwargs.pop("variant", None)
+        return model_cls.from_pretrained(model_id, **kwargs).to(self.device).eval()
+
 
 @dataclass
 class HealthState:
