@@ -70,6 +70,33 @@ class MeshArgs(ModelArgs):
     model: str = "openai/shap-e"
 
 
+class JobsArgs(_Args):
+    """The queue: where outputs are stored, how jobs are run."""
+
+    files_location: str | None = Field(
+        None, description="Where uploads and job outputs are stored: a directory, or "
+        "`s3://bucket/prefix` (boto3; endpoint and credentials from the usual AWS_* "
+        "variables). Default $GENSERVE_STATE_DIR/files.",
+        examples=["s3://genserve-files/prod"])
+    file_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600,
+                                description="Lifetime of signed download URLs.")
+    max_concurrent_jobs: int = Field(
+        8, ge=1, le=1024, description="Inference jobs each worker replica runs at once; the "
+        "pipelines' own queues bound the real concurrency.")
+    max_concurrent_training: int = Field(1, ge=0, le=64,
+                                         description="Training (Ray) jobs per worker replica.")
+    lease_s: float = Field(15.0, ge=1, le=600, description="A job whose worker stops renewing "
+                           "this long is picked up by another worker.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Runs of one job (worker deaths) "
+                              "before it fails.")
+    webhook_retry_base_s: float = Field(1.0, gt=0, le=600,
+                                        description="First webhook retry delay (doubles).")
+    training_models: dict[str, str] = Field(
+        default_factory=dict, description="Model ids personalization jobs may name in "
+        "`model_url`/`vae_url`, mapped to where to load them from (the tiny switch maps the "
+        "production ids to the tiny models).")
+
+
 class AppArgs(_Args):
     tiny_models_dir: str | None = Field(
         None, description="Serve the tiny offline models from this directory instead of the "
@@ -81,6 +108,7 @@ class AppArgs(_Args):
     fetch_allow_hosts: list[str] = Field(
         default_factory=list, description="Internal hosts (`host` or `host:port`) user URLs "
         "may point at, e.g. an artifact store; everything non-public is refused otherwise.")
+    jobs: JobsArgs = JobsArgs()
     sdxl: SDXLArgs | None = SDXLArgs()
     llm: LLMArgs | None = LLMArgs()
     tts: TTSArgs | None = TTSArgs()
@@ -92,6 +120,14 @@ def tiny_models(args: AppArgs) -> AppArgs:
     """The same graph with every model id replaced by its tiny stand-in's directory."""
     root = args.tiny_models_dir.rstrip("/")
     update = {}
+    # Personalization jobs keep naming the production models; they train the tiny ones.
+    from genserve.schemas.personalize_options import PreprocessingOptions
+
+    pre = PreprocessingOptions()
+    models = {SDXLArgs().base_model: f"{root}/sdxl-base", SDXLArgs().vae_model: f"{root}/sdxl-vae",
+              pre.captioning_model: f"{root}/captioner", pre.segmentation_model: f"{root}/clipseg",
+              **args.jobs.training_models}
+    update["jobs"] = args.jobs.model_copy(update={"training_models": models})
     if args.sdxl:
         # Trained LoRAs stay where they are (the tests train against the tiny base); public
         # ones must fit the tiny UNet, so they come from the tiny factory too.
@@ -154,6 +190,17 @@ def build(args: AppArgs) -> Application:
 
         handles["mesh3d"] = TextTo3D.bind(m.model, revision=m.revision, dtype=m.dtype)
     llm_name = (args.llm.served_name or args.llm.model) if args.llm else None
-    return Ingress.bind(**handles, llm_name=llm_name, database_url=args.database_url,
-                        max_body_bytes=args.max_body_bytes,
-                        fetch_allow_hosts=args.fetch_allow_hosts)
+    from deployments.worker import JobWorker
+
+    j = args.jobs
+    worker = JobWorker.bind(
+        **handles, llm_name=llm_name, database_url=args.database_url,
+        files_location=j.files_location, fetch_allow_hosts=args.fetch_allow_hosts,
+        lora_dir=args.sdxl.lora_dir if args.sdxl else None,
+        training_models=j.training_models, max_concurrent_jobs=j.max_concurrent_jobs,
+        max_concurrent_training=j.max_concurrent_training, lease_s=j.lease_s,
+        max_attempts=j.max_attempts, webhook_retry_base_s=j.webhook_retry_base_s)
+    return Ingress.bind(**handles, worker=worker, llm_name=llm_name,
+                        database_url=args.database_url, max_body_bytes=args.max_body_bytes,
+                        fetch_allow_hosts=args.fetch_allow_hosts,
+                        files_location=j.files_location, file_url_ttl_s=j.file_url_ttl_s)

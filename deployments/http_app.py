@@ -9,7 +9,11 @@ from fastapi import FastAPI
 from genserve.http import errors
 from genserve.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, UsageLogMiddleware
 
-PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+                          "/v2/health/live", "/v2/health/ready"})
+# Stored files: their signed URL is the credential (checked by the route), so a link works in
+# a browser or another service without the API key.
+PUBLIC_GET_PREFIXES = ("/files/",)
 
 app = FastAPI(
     title="genserve",

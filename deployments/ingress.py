@@ -9,11 +9,13 @@ out of the YAML has no handle here and its routes answer 404.
 # No `from __future__ import annotations`: Serve rebuilds these methods' signatures for FastAPI
 # and needs the real classes, not strings.
 
+from fastapi import Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.http_app import PUBLIC_PATHS, app
-from deployments.routes import chat, media, sdxl
+from deployments.http_app import PUBLIC_GET_PREFIXES, PUBLIC_PATHS, app
+from deployments.routes import chat, files, media, queue, sdxl, v2
+from genserve.endpoints import EndpointSpec
 from genserve.errors import NotFound
 from genserve.schemas.llm import (
     ChatCompletion,
@@ -37,21 +39,37 @@ class Ingress:
                  refiner: DeploymentHandle | None = None,
                  safety: DeploymentHandle | None = None, llm: DeploymentHandle | None = None,
                  tts: DeploymentHandle | None = None, video: DeploymentHandle | None = None,
-                 mesh3d: DeploymentHandle | None = None, llm_name: str | None = None,
+                 mesh3d: DeploymentHandle | None = None,
+                 worker: DeploymentHandle | None = None, llm_name: str | None = None,
                  database_url: str | None = None, max_body_bytes: int = 32 * 1024 * 1024,
-                 fetch_allow_hosts: list[str] | None = None):
+                 fetch_allow_hosts: list[str] | None = None, files_location: str | None = None,
+                 file_url_ttl_s: int = 3600):
+        from deployments.endpoints import Handles
         from genserve.fetch import Fetcher
+        from genserve.files import open_file_service
         from genserve.http.auth import ApiKeys
-        from genserve.usage import UsageLog
+        from genserve.jobs.inputs import FileFetcher
+        from genserve.jobs.store import JobStore
+        from genserve.usage import UsageLog, default_database_url
 
         self.base, self.refiner, self.safety = base, refiner, safety
         self.llm, self.tts, self.video, self.mesh3d = llm, tts, video, mesh3d
         self.llm_name = llm_name
-        self.fetcher = Fetcher(allow_hosts=frozenset(fetch_allow_hosts or ()))
+        # Bound so Serve deploys the worker with the app; jobs reach it through the store.
+        self.worker = worker
+        checked = Fetcher(allow_hosts=frozenset(fetch_allow_hosts or ()))
+        self.files = open_file_service(files_location, ttl_s=file_url_ttl_s)
+        # User URLs: our own uploads are read from storage, the rest is SSRF-checked.
+        self.fetcher = FileFetcher(self.files, checked)
+        self.handles = Handles(base, refiner, safety, llm, tts, video, mesh3d, llm_name,
+                               self.fetcher)
+        self.queue = queue.Queue(JobStore(database_url or default_database_url()), self.files,
+                                 checked)
         app.state.api_keys = ApiKeys.from_env()
         app.state.usage = UsageLog(database_url)
         app.state.max_body_bytes = max_body_bytes
         app.state.public_paths = PUBLIC_PATHS
+        app.state.public_get_prefixes = PUBLIC_GET_PREFIXES
 
     def _need(self, *names: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -117,3 +135,119 @@ class Ingress:
     async def text_to_3d(self, body: MeshRequest):
         self._need("mesh3d")
         return await media.text_to_3d(self.mesh3d, body)
+
+    # -- queue (fal wire protocol) -------------------------------------------------------------
+
+    @app.post("/queue/{owner}/{name}", tags=["queue"],
+              summary="Submit a job: `{request_id, status_url, response_url, cancel_url}`")
+    async def queue_submit(self, owner: str, name: str, request: Request):
+        """Body: the endpoint's input (see `/v2/models/{name}` or the native route's schema),
+        plus `sync_mode: true` for inline outputs. `?fal_webhook=` gets a signed POST when it
+        ends; headers `Idempotency-Key`, `X-Fal-Request-Timeout`, `X-Fal-Queue-Priority`."""
+        return await queue.submit(self.queue, queue.app_name(owner, name), request, self.handles)
+
+    @app.get("/queue/{owner}/{name}/requests/{request_id}/status", tags=["queue"],
+             summary="IN_QUEUE (queue_position) → IN_PROGRESS (logs) → COMPLETED")
+    async def queue_status(self, owner: str, name: str, request_id: str, request: Request):
+        return await queue.status(self.queue, request_id, request, queue.app_name(owner, name))
+
+    @app.get("/queue/{owner}/{name}/requests/{request_id}/status/stream", tags=["queue"],
+             summary="The status as server-sent events until COMPLETED")
+    async def queue_status_stream(self, owner: str, name: str, request_id: str,
+                                  request: Request):
+        return await queue.status_stream(self.queue, request_id, request,
+                                         queue.app_name(owner, name))
+
+    @app.get("/queue/{owner}/{name}/requests/{request_id}", tags=["queue"],
+             summary="The job's result (its error status when it failed)")
+    async def queue_result(self, owner: str, name: str, request_id: str, request: Request):
+        return await queue.result(self.queue, request_id, request, queue.app_name(owner, name))
+
+    @app.put("/queue/{owner}/{name}/requests/{request_id}/cancel", tags=["queue"],
+             summary="Cancel: 202 CANCELLATION_REQUESTED, 400 ALREADY_COMPLETED, 404")
+    async def queue_cancel(self, owner: str, name: str, request_id: str):
+        return await queue.cancel(self.queue, request_id, queue.app_name(owner, name))
+
+    @app.get("/queue/requests/{request_id}/status", tags=["queue"],
+             summary="Status by request id alone")
+    async def request_status(self, request_id: str, request: Request):
+        return await queue.status(self.queue, request_id, request)
+
+    @app.get("/queue/requests/{request_id}/status/stream", tags=["queue"],
+             summary="Status stream by request id alone")
+    async def request_status_stream(self, request_id: str, request: Request):
+        return await queue.status_stream(self.queue, request_id, request)
+
+    @app.get("/queue/requests/{request_id}", tags=["queue"], summary="Result by request id alone")
+    async def request_result(self, request_id: str, request: Request):
+        return await queue.result(self.queue, request_id, request)
+
+    @app.put("/queue/requests/{request_id}/cancel", tags=["queue"],
+             summary="Cancel by request id alone")
+    async def request_cancel(self, request_id: str):
+        return await queue.cancel(self.queue, request_id)
+
+    @app.post("/run/{owner}/{name}", tags=["queue"],
+              summary="Run synchronously (fal's `run`): the result in the response")
+    async def run(self, owner: str, name: str, request: Request):
+        return await queue.run(self.queue, queue.app_name(owner, name), request, self.handles)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    @app.post("/files/upload", tags=["files"],
+              summary="Upload a file (raw body); use its `url` as any input URL")
+    async def upload(self, request: Request):
+        return await files.upload(self.files, request)
+
+    @app.get("/files/{key:path}", tags=["files"],
+             summary="Download a stored file (signed URL: no API key needed)")
+    async def download(self, key: str, request: Request):
+        return await files.download(self.files, key, request)
+
+    # -- Open Inference Protocol v2 (KServe / Triton / Inferless) -------------------------------
+
+    @app.get("/v2", tags=["v2"], summary="Server metadata")
+    async def v2_server(self) -> dict:
+        return v2.server_metadata()
+
+    @app.get("/v2/health/live", tags=["v2"], summary="Liveness")
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["v2"], summary="Readiness")
+    async def v2_ready(self) -> dict:
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}", tags=["v2"],
+             summary="Model metadata: input/output tensors from the endpoint's schema")
+    async def v2_model(self, name: str):
+        spec = self._v2_spec(name)
+        return spec if not isinstance(spec, EndpointSpec) else v2.model_metadata(name, spec)
+
+    @app.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness")
+    async def v2_model_ready(self, name: str):
+        spec = self._v2_spec(name)
+        return spec if not isinstance(spec, EndpointSpec) else {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"], summary="Inference with named tensors")
+    async def v2_infer(self, name: str, request: Request):
+        from deployments.endpoints import run_endpoint
+
+        spec = self._v2_spec(name)
+        if not isinstance(spec, EndpointSpec):
+            return spec
+        return await v2.infer(request, name, spec.request, spec.response,
+                              lambda body: run_endpoint(spec, self.handles, body))
+
+    def _v2_spec(self, name: str):
+        """The inference endpoint called ``name``, or the V2-style 404 answer."""
+        from genserve.endpoints import ENDPOINTS
+
+        spec = ENDPOINTS.get(name)
+        if spec is None or spec.kind != "inference":
+            names = sorted(n for n, s in ENDPOINTS.items() if s.kind == "inference")
+            return v2.error_response(404, f"unknown model {name!r}; available: {names}")
+        if any(getattr(self.handles, n) is None for n in spec.needs):
+            return v2.error_response(404, f"model {name!r} is not deployed on this server")
+        return spec
+

@@ -16,11 +16,12 @@ event loop stays free for health checks and the next request while a diffusion r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
 
+from deployments.progress import stream_progress
 from genserve.errors import InvalidInput
 from genserve.pipelines.outputs import ImageBatch, LatentBatch
 from genserve.pipelines.params import BaseParams, RefineParams
@@ -81,6 +82,13 @@ class SDXLBase(_LoraServing):
         return await self._run_with_lora(
             params.adapter, lambda lora: self.pipeline.generate(params, lora=lora))
 
+    async def generate_stream(self, params: BaseParams) -> AsyncIterator[Any]:
+        """`generate` as a stream: `Progress` per denoising step, then the batch."""
+        async for item in stream_progress("base", lambda on_step: self._run_with_lora(
+                params.adapter,
+                lambda lora: self.pipeline.generate(params, on_step=on_step, lora=lora))):
+            yield item
+
     def check_health(self) -> None:
         self.pipeline.check_health()
 
@@ -99,6 +107,14 @@ class SDXLRefiner(_LoraServing):
     async def refine(self, batch: LatentBatch, params: RefineParams) -> ImageBatch:
         return await self._run_with_lora(
             params.adapter, lambda lora: self.pipeline.refine(batch, params, lora=lora))
+
+    async def refine_stream(self, batch: LatentBatch, params: RefineParams
+                            ) -> AsyncIterator[Any]:
+        """`refine` as a stream: `Progress` per denoising step, then the batch."""
+        async for item in stream_progress("refiner", lambda on_step: self._run_with_lora(
+                params.adapter,
+                lambda lora: self.pipeline.refine(batch, params, on_step=on_step, lora=lora))):
+            yield item
 
     def check_health(self) -> None:
         self.pipeline.check_health()

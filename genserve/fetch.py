@@ -6,6 +6,9 @@ resolve the name, refuse unless *every* address is public, then connect to the a
 checked (the name is not resolved again, so DNS rebinding cannot swap it), sending the
 original Host header and TLS server name. Size and time are bounded while streaming.
 
+The same checks guard outgoing POSTs (webhook deliveries, ``Fetcher.post``), which never follow
+redirects: a 3xx is reported to the caller as the answer.
+
 Operators can allow specific internal hosts (an artifact store) with ``allow_hosts``.
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -22,6 +27,8 @@ from genserve.errors import InvalidInput
 MAX_BYTES = 20 * 1024 * 1024
 TIMEOUT_S = 20.0
 MAX_REDIRECTS = 3
+# A POST's answer is only kept for logs and error messages; a receiver cannot make us buffer more.
+RESPONSE_PREFIX_BYTES = 1024
 
 # Ranges the stdlib's `is_global` misses or that deserve saying out loud.
 _EXTRA_BLOCKED = [ipaddress.ip_network(n) for n in (
@@ -29,6 +36,16 @@ _EXTRA_BLOCKED = [ipaddress.ip_network(n) for n in (
     "198.18.0.0/15",   # benchmarking
     "64:ff9b::/96",    # NAT64: maps onto IPv4, possibly internal
 )]
+
+
+class Unreachable(Exception):
+    """The target could not be reached or did not answer in time (network error, timeout):
+    worth retrying later, unlike a refused URL (``InvalidInput``)."""
+
+
+class Unresolvable(InvalidInput, Unreachable):
+    """The host name did not resolve. Still ``InvalidInput`` for fetches (422 as before), and
+    ``Unreachable`` for deliveries, since DNS failures are often transient."""
 
 
 def address_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -46,14 +63,15 @@ def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise InvalidInput(f"cannot resolve host {host!r} ({exc.strerror})") from None
+        raise Unresolvable(f"cannot resolve host {host!r} ({exc.strerror})") from None
     return sorted({info[4][0] for info in infos})
 
 
 @dataclass
 class Fetcher:
-    """``fetch(url)`` → bytes, refusing internal targets. ``field`` names the request field
-    the URL came from, for the 4xx message."""
+    """``fetch(url)`` → bytes and ``post(url, body, headers)`` → (status, answer prefix),
+    refusing internal targets. ``field_name`` names the request field the URL came from, for
+    the 4xx message."""
 
     allow_hosts: frozenset[str] = field(default_factory=frozenset)  # "host" or "host:port"
     max_bytes: int = MAX_BYTES
@@ -77,7 +95,7 @@ class Fetcher:
             bad = [a for a in addresses if not address_allowed(ipaddress.ip_address(a))]
             if bad or not addresses:
                 raise InvalidInput(f"`{field_name}`: {host} resolves to a non-public address "
-                                   f"({', '.join(bad) or 'none'}); refusing to fetch it",
+                                   f"({', '.join(bad) or 'none'}); refusing to connect to it",
                                    field=field_name)
         return url, addresses[0]
 
@@ -87,39 +105,82 @@ class Fetcher:
 
         deadline = time.monotonic() + self.timeout_s
         for _ in range(MAX_REDIRECTS + 1):
-            url, ip = self.check(url, field_name)
-            parts = urlsplit(url)
-            host_header = parts.netloc.rsplit("@", 1)[-1]
-            target = parts._replace(netloc=_netloc(ip, parts.port)).geturl()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise InvalidInput(f"`{field_name}`: download took longer than "
                                    f"{self.timeout_s:.0f}s", field=field_name)
             try:
-                # trust_env=False: a proxy from the environment would reach the pinned IP for us,
-                # bypassing the checks above.
-                with httpx.Client(timeout=remaining, follow_redirects=False,
-                                  trust_env=False) as client:
-                    request = client.build_request(
-                        "GET", target, headers={"Host": host_header},
-                        extensions={"sni_hostname": parts.hostname})
-                    response = client.send(request, stream=True)
-                    try:
-                        if response.is_redirect:
-                            url = urljoin(url, response.headers["location"])
-                            continue
-                        if response.status_code != 200:
-                            raise InvalidInput(f"`{field_name}`: fetching it answered HTTP "
-                                               f"{response.status_code}", field=field_name)
-                        return self._read(response, deadline, field_name), \
-                            response.headers.get("content-type")
-                    finally:
-                        response.close()
+                with self._pinned("GET", url, field_name, remaining) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    if response.status_code != 200:
+                        raise InvalidInput(f"`{field_name}`: fetching it answered HTTP "
+                                           f"{response.status_code}", field=field_name)
+                    return self._read(response, deadline, field_name), \
+                        response.headers.get("content-type")
             except httpx.HTTPError as exc:
                 raise InvalidInput(f"`{field_name}`: could not download it "
                                    f"({type(exc).__name__})", field=field_name) from None
         raise InvalidInput(f"`{field_name}`: more than {MAX_REDIRECTS} redirects",
                            field=field_name)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str],
+             field_name: str = "webhook", timeout_s: float | None = None) -> tuple[int, str]:
+        """POST ``body`` once; return (HTTP status, the first ``RESPONSE_PREFIX_BYTES`` of the
+        answer as text). Redirects are *not* followed (the caller sees the 3xx): the
+        ``Location`` could point anywhere, the request would be replayed with its body, and a
+        receiver has no reason to redirect a webhook.
+
+        Raises ``InvalidInput`` when the URL is refused (scheme, credentials, non-public
+        address) and ``Unreachable`` on DNS, connection or timeout failures. Each phase
+        (connect, send, wait for the answer) is bounded by ``timeout_s`` (default: the
+        fetcher's), and reading the answer stops at that deadline.
+
+        >>> Fetcher().post("https://hooks.example.com/fal", b'{"ok":true}',
+        ...                {"content-type": "application/json"})   # doctest: +SKIP
+        (200, 'received')
+        """
+        import httpx
+
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        host = urlsplit(url).hostname
+        # identity: the answer is only logged, and a compressed one could expand without bound.
+        if not any(k.lower() == "accept-encoding" for k in headers):
+            headers = {**headers, "Accept-Encoding": "identity"}
+        try:
+            with self._pinned("POST", url, field_name, timeout, content=body,
+                              headers=headers) as response:
+                return response.status_code, _prefix(response, deadline)
+        except httpx.HTTPError as exc:
+            # Name the host only: webhook URLs often carry a token in their path or query.
+            raise Unreachable(f"`{field_name}`: could not reach {host} "
+                              f"({type(exc).__name__})") from None
+
+    @contextmanager
+    def _pinned(self, method: str, url: str, field_name: str, timeout: float, *,
+                content: bytes | None = None,
+                headers: Mapping[str, str] | None = None) -> Iterator:
+        """One request to the IP that ``check`` approved, with the URL's Host header and TLS
+        server name, redirects not followed; yields the streaming httpx response."""
+        import httpx
+
+        url, ip = self.check(url, field_name)
+        parts = urlsplit(url)
+        send = {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
+        send["Host"] = parts.netloc.rsplit("@", 1)[-1]
+        target = parts._replace(netloc=_netloc(ip, parts.port)).geturl()
+        # trust_env=False: a proxy from the environment would reach the pinned IP for us,
+        # bypassing the checks above.
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            request = client.build_request(method, target, content=content, headers=send,
+                                           extensions={"sni_hostname": parts.hostname})
+            response = client.send(request, stream=True)
+            try:
+                yield response
+            finally:
+                response.close()
 
     def _read(self, response, deadline: float, field_name: str) -> bytes:
         declared = response.headers.get("content-length")
@@ -137,6 +198,16 @@ class Fetcher:
                                    f"{self.timeout_s:.0f}s", field=field_name)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _prefix(response, deadline: float) -> str:
+    """The start of an answer we only log: stop at the cap or the deadline, whichever first."""
+    data = b""
+    for chunk in response.iter_raw(RESPONSE_PREFIX_BYTES):
+        data += chunk
+        if len(data) >= RESPONSE_PREFIX_BYTES or time.monotonic() > deadline:
+            break
+    return data[:RESPONSE_PREFIX_BYTES].decode("utf-8", errors="replace")
 
 
 def _netloc(ip: str, port: int | None) -> str:

@@ -41,6 +41,16 @@ _EXTRA_TYPES = {".safetensors": OCTET_STREAM, ".glb": "model/gltf-binary",
 # `guess_type("a.tar.gz")` answers ("application/x-tar", "gzip"): the bytes are gzip.
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
                    "xz": "application/x-xz"}
+# The way back, for types our pipelines write that the built-in table has no suffix for.
+_EXTRA_EXTENSIONS = {"model/gltf-binary": ".glb", "audio/wav": ".wav", "audio/flac": ".flac",
+                     "application/yaml": ".yaml", "application/gzip": ".gz"}
+# SigV4, which presigned URLs must use on AWS (SigV2 is refused by most regions), caps a
+# presigned URL's life at 7 days.
+MAX_PRESIGN_TTL_S = 7 * 24 * 3600
+# Types a browser may show inline: media that cannot run script. Everything else (HTML, SVG,
+# XML, JavaScript) is offered as a download so it never renders on our origin.
+_INLINE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "video/", "audio/",
+                 "text/plain", "application/json", "application/pdf")
 
 
 def guess_content_type(name: str) -> str:
@@ -56,6 +66,36 @@ def guess_content_type(name: str) -> str:
     if encoding:
         return _ENCODING_TYPES.get(encoding, OCTET_STREAM)
     return content_type or OCTET_STREAM
+
+
+def guess_extension(content_type: str) -> str:
+    """File suffix for a MIME type (``".png"``); ``""`` when unknown.
+
+    >>> guess_extension("model/gltf-binary")
+    '.glb'
+    """
+    content_type = content_type.partition(";")[0].strip().lower()
+    if content_type in _EXTRA_EXTENSIONS:
+        return _EXTRA_EXTENSIONS[content_type]
+    if content_type == OCTET_STREAM:
+        return ""  # ".bin" would rename a user's extension-less file for no gain
+    return _MIME.guess_extension(content_type, strict=False) or ""
+
+
+def content_disposition(file_name: str, content_type: str) -> str:
+    """The ``Content-Disposition`` for a download: ``inline`` for media a browser can show
+    safely, ``attachment`` otherwise; the name in both the ASCII and the RFC 5987 form.
+
+    >>> print(content_disposition("a b.png", "image/png"))
+    inline; filename="a_b.png"; filename*=UTF-8''a%20b.png
+    """
+    from urllib.parse import quote
+
+    inline = content_type.lower().startswith(_INLINE_TYPES)
+    ascii_name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_"
+                         for c in file_name) or "file"
+    return (f'{"inline" if inline else "attachment"}; filename="{ascii_name}"; '
+            f"filename*=UTF-8''{quote(file_name, safe='')}")
 
 
 def check_key(key: str) -> str:
@@ -111,6 +151,14 @@ class Storage(ABC):
         """Copy ``key`` to ``dest`` (complete or not at all); `FileNotFoundError` if absent."""
 
     @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The bytes stored under ``key``; `FileNotFoundError` if absent."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The size in bytes of ``key``; `FileNotFoundError` if absent."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
 
@@ -163,8 +211,20 @@ class LocalStorage(Storage):
             shutil.copyfileobj(src, out, 1024 * 1024)
         return Path(dest)
 
+    def read_bytes(self, key: str) -> bytes:
+        return self._existing(key).read_bytes()
+
+    def size(self, key: str) -> int:
+        return self._existing(key).stat().st_size
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def _existing(self, key: str) -> Path:
+        path = self.path(key)
+        if not path.is_file():  # a directory is a prefix of other keys, not an object
+            raise FileNotFoundError(f"{self.url(key)} does not exist")
+        return path
 
     def url(self, key: str) -> str:
         return (self.root / check_key(key)).as_uri()
@@ -195,7 +255,11 @@ class S3Storage(Storage):
         if client is None:
             import boto3  # here, not at module level: importing genserve stays cheap
 
-            client = boto3.client("s3")
+            from botocore.config import Config
+
+            # s3v4 named explicitly: left unset, botocore presigns with SigV2 in the regions
+            # that still take it, and SigV2 URLs stop working elsewhere.
+            client = boto3.client("s3", config=Config(signature_version="s3v4"))
         self.bucket = bucket
         self.prefix = prefix
         self.client = client
@@ -230,16 +294,52 @@ class S3Storage(Storage):
             raise
         return Path(dest)
 
-    def exists(self, key: str) -> bool:
+    def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            body = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"]
         except ClientError as exc:
             if _missing(exc):
-                return False
+                raise FileNotFoundError(f"{self.url(key)} does not exist") from None
             raise
-        return True
+        with body:
+            return body.read()
+
+    def size(self, key: str) -> int:
+        head = self._head(key)
+        if head is None:
+            raise FileNotFoundError(f"{self.url(key)} does not exist")
+        return int(head["ContentLength"])
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def presigned_url(self, key: str, ttl_s: int, file_name: str | None = None,
+                      content_type: str | None = None) -> str:
+        """A GET URL for ``key`` that works without credentials for ``ttl_s`` seconds, on the
+        client's endpoint (``AWS_ENDPOINT_URL`` for MinIO or a test server). S3 answers with
+        ``content_type`` and a ``Content-Disposition`` naming ``file_name`` when given."""
+        if not 1 <= ttl_s <= MAX_PRESIGN_TTL_S:
+            raise ValueError(f"`ttl_s` must be 1 to {MAX_PRESIGN_TTL_S} s but is {ttl_s}")
+        params = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        if file_name:
+            params["ResponseContentDisposition"] = content_disposition(
+                file_name, content_type or guess_content_type(file_name))
+        if content_type:
+            params["ResponseContentType"] = content_type
+        return self.client.generate_presigned_url("get_object", Params=params,
+                                                  ExpiresIn=int(ttl_s))
+
+    def _head(self, key: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.object_key(key)}"

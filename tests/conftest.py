@@ -21,12 +21,20 @@ MAX_BODY = 4 * 1024 * 1024  # small, so the 413 test need not send 32 MiB
 TRAIN_CPUS = 3
 # Few LoRA slots per SDXL replica, so the LoRA tests can drive LRU eviction with a handful.
 MAX_LORAS = 3
+# Queue workers' lease: how long a killed worker's jobs wait before another worker takes them.
+LEASE_S = 3.0
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A loopback port for the webhook receiver the queue tests start; the app allow-lists it like
+# an operator's internal host (every other internal address stays refused).
+WEBHOOK_PORT = free_port()
+WEBHOOK_HOSTS = [f"127.0.0.1:{WEBHOOK_PORT}"]
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +104,25 @@ def image_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def app_url(ray_cluster, tiny_models, state_dir, image_server, lora_dir) -> str:
+def tls_cert(tmp_path_factory) -> Path:
+    """The server's self-signed certificate; every httpx-based client in this process (and
+    the subprocesses it starts) trusts it through SSL_CERT_FILE, as a user would set it."""
+    from tests.tls import self_signed
+
+    cert, _key = self_signed(tmp_path_factory.mktemp("tls"))
+    os.environ["SSL_CERT_FILE"] = str(cert)
+    return cert
+
+
+@pytest.fixture(scope="session")
+def files_dir(state_dir) -> Path:
+    """Where the app stores uploads and job outputs (`jobs.files_location`)."""
+    return state_dir / "files"
+
+
+@pytest.fixture(scope="session")
+def app_url(ray_cluster, tiny_models, state_dir, image_server, lora_dir, tls_cert,
+            files_dir) -> str:
     from genserve import launch
 
     port = free_port()
@@ -109,6 +135,8 @@ def app_url(ray_cluster, tiny_models, state_dir, image_server, lora_dir) -> str:
                                                      "batch_wait_timeout_s": 0.3}}
     # Video keeps the YAML's scale-to-zero (min 0, starts at 0) with at most one replica.
     deployments["ImageToVideo"] = {"autoscaling_config": {"max_replicas": 1}}
+    # The YAML's two queue workers, with a short lease so the kill tests recover quickly.
+    deployments["JobWorker"] = {"health_check_period_s": 2}
     config = launch.load_config()
     # overlay() replaces an arg section whole: keep the YAML's sdxl keys and change two.
     sdxl = {**next(a for a in config["applications"] if a["name"] == launch.APP_NAME)["args"]
@@ -117,11 +145,16 @@ def app_url(ray_cluster, tiny_models, state_dir, image_server, lora_dir) -> str:
         config, tiny_models_dir=str(next(iter(tiny_models.values())).parent),
         host="127.0.0.1", port=port,
         args={"database_url": f"sqlite:///{state_dir / 'usage.db'}", "max_body_bytes": MAX_BODY,
-              "fetch_allow_hosts": [image_server], "sdxl": sdxl},
+              "fetch_allow_hosts": [image_server, *WEBHOOK_HOSTS], "sdxl": sdxl,
+              "jobs": {"files_location": str(files_dir), "lease_s": LEASE_S,
+                       "webhook_retry_base_s": 0.2}},
         deployments=deployments,
     )
+    # TLS exactly as production turns it on: the YAML's http_options.
+    config["http_options"].update(ssl_certfile=str(tls_cert),
+                                  ssl_keyfile=str(tls_cert.with_name("key.pem")))
     launch.deploy(config, timeout_s=300)
-    return f"http://127.0.0.1:{port}"
+    return f"https://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")

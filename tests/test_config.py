@@ -60,7 +60,8 @@ def test_production_models_and_gpu_packing(config):
     assert gpus["LLMChat"] + gpus["TextToSpeech"] + gpus["TextTo3D"] == 1.0
     assert gpus["ImageToVideo"] == 1 and gpus["Ingress"] == 0
     for name, dep in deps.items():
-        auto = dep["autoscaling_config"]
+        auto = dep.get("autoscaling_config") or {"min_replicas": dep["num_replicas"],
+                                                 "max_replicas": dep["num_replicas"]}
         assert 0 <= auto["min_replicas"] <= auto["max_replicas"], name
         assert dep["max_queued_requests"] > 0, name  # bounded queues, never -1
         assert dep["max_ongoing_requests"] >= 1, name
@@ -68,12 +69,15 @@ def test_production_models_and_gpu_packing(config):
     for name in ("LLMChat", "TextToSpeech"):  # batching knobs live in the YAML
         assert set(deps[name]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
     assert config["http_options"]["request_timeout_s"] > 0
+    # Queue workers: more than one, so a dying worker costs a lease period, not the queue.
+    assert deps["JobWorker"]["num_replicas"] >= 2 and gpus["JobWorker"] == 0
+    assert {"ssl_keyfile", "ssl_certfile"} <= set(config["http_options"])
 
 
 def test_local_node_is_sized_from_the_config(config):
-    # 1 + 1 + 1 + 0.5 + 1 + 1 + 1 + 2 CPUs; GPUs: SDXL trio 1 + LLM/TTS/3D 1 + video 1
-    # (a scale-to-zero deployment counts once: it must be able to wake up).
-    assert launch.required_resources(config) == {"CPU": 9.0, "GPU": 3.0}
+    # 1 + 2 × 0.5 + 1 + 1 + 0.5 + 1 + 1 + 1 + 2 CPUs; GPUs: SDXL trio 1 + LLM/TTS/3D 1 +
+    # video 1 (a scale-to-zero deployment counts once: it must be able to wake up).
+    assert launch.required_resources(config) == {"CPU": 10.0, "GPU": 3.0}
     sdxl_only = launch.overlay(config, args={"llm": None})
     app = sdxl_only["applications"][0]
     app["deployments"] = [d for d in app["deployments"]

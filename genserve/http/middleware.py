@@ -90,7 +90,9 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         state = scope["app"].state
         path = scope["path"]
-        if path in state.public_paths or scope["method"] == "OPTIONS":
+        public_get = scope["method"] in ("GET", "HEAD") and \
+            path.startswith(getattr(state, "public_get_prefixes", ()))
+        if path in state.public_paths or public_get or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         if state.api_keys.check(header):
