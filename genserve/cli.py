@@ -1,4 +1,5 @@
-"""`genserve` command line: build the tiny models, start the serving graph."""
+"""`genserve` command line: build the tiny models, start the serving graph, and run jobs on a
+server (run, submit, status, result, cancel, upload, train, schema)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import time
 from pathlib import Path
 
 DEFAULT_TINY_DIR = Path(os.environ.get("GENSERVE_TINY_DIR", ".cache/tiny-models"))
+EPILOG = """exit codes of the job commands: 0 ok; 1 the job failed or was cancelled (or the server
+failed / could not be reached); 2 usage errors and 4xx answers (the server's message on stderr)
+
+  genserve run sdxl --prompt "a cat with a hat" -p num_inference_steps=4 -o out/
+  genserve train --images photos/ --photo-class man --steps 400 -o lora/"""
 
 
 def cmd_build_tiny(ns: argparse.Namespace) -> int:
@@ -81,7 +87,17 @@ Ctrl-C stops Serve and Ray.""", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genserve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="genserve", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=None,
+                        help="server URL (default: $GENSERVE_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--key", default=None,
+                        help="API key (default: $GENSERVE_API_KEY or $GENSERVE_KEY)")
+    # The same two after the command name; SUPPRESS keeps an absent one from hiding the
+    # global value.
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--url", default=argparse.SUPPRESS, help="server URL")
+    conn.add_argument("--key", default=argparse.SUPPRESS, help="API key")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-tiny", help="build the tiny offline models")
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_build_tiny)
 
     p = sub.add_parser("serve", help="start Ray and the serving graph from serve_config.yaml")
-    p.add_argument("--config", type=Path, default=None, help="default: the repo's serve_config.yaml")
+    p.add_argument("--config", type=Path, default=None,
+                   help="default: the repo's serve_config.yaml")
     p.add_argument("--tiny", action="store_true", help="serve the tiny offline models")
     p.add_argument("--tiny-dir", type=Path, default=DEFAULT_TINY_DIR)
     p.add_argument("--host", default="127.0.0.1")
@@ -101,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=float, default=None,
                    help="logical CPUs of the local Ray node (default: what the config needs)")
     p.set_defaults(func=cmd_serve)
+
+    from genserve.client.commands import add_job_commands
+
+    add_job_commands(sub, conn)
 
     ns = parser.parse_args(argv)
     if getattr(ns, "config", 1) is None:
