@@ -165,9 +165,15 @@ class JobWorker:
             end = Finish(CANCELLED, error="request was cancelled",
                          error_type="request_cancelled", error_status=400)
         except GenserveError as exc:
-            end = Finish(ERROR, error=exc.message, error_type=type(exc).__name__,
-                         error_status=exc.status_code,
-                         output={"detail": exc.message, "field": exc.field})
+            from genserve.jobs.training import Cancelled
+
+            if isinstance(exc, Cancelled):  # `ray job stop` from outside the queue
+                end = Finish(CANCELLED, error="request was cancelled",
+                             error_type="request_cancelled", error_status=400)
+            else:
+                end = Finish(ERROR, error=exc.message, error_type=type(exc).__name__,
+                             error_status=exc.status_code,
+                             output={"detail": exc.message, "field": exc.field})
         except Exception as exc:
             log.exception("job %s failed", job.id)
             end = Finish(ERROR, error=f"internal error ({type(exc).__name__})",

@@ -132,7 +132,7 @@ async def run_training(jobs, job, body, files, lora_dir: str | None,
     try:
         outcome = await jobs.follow(job.id, progress)
     except asyncio.CancelledError:
-        await asyncio.shield(jobs.cancel(job.id))
+        await asyncio.shield(jobs.stop(job.id))
         raise
     result = outcome.output.model_dump(mode="json")
     stored = await asyncio.to_thread(_adopt_outputs, result, files, job.id)

@@ -216,6 +216,21 @@ class TrainingJobs:
         or unknown job is left as it is (False)."""
         return await asyncio.to_thread(self._cancel, request_id)
 
+    async def stop(self, request_id: str, timeout_s: float = 60.0, poll_s: float = 0.5) -> str:
+        """Cancel and wait until Ray reports the job ended (its workers gone), so a queue job
+        is marked CANCELLED only once nothing of it still runs. Returns Ray's final status
+        ("STOPPED", "SUCCEEDED" if it finished first, …), or "UNKNOWN" after ``timeout_s``."""
+        await self.cancel(request_id)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = await asyncio.to_thread(self._job_info, request_id)
+            if info is None:
+                return "UNKNOWN"
+            if info.status.is_terminal():
+                return str(info.status.value)
+            await asyncio.sleep(poll_s)
+        return "UNKNOWN"
+
     def entrypoint(self, request_id: str, output: str) -> str:
         """The job's shell command."""
         args = [self.python, "-m", "training.personalize",
