@@ -43,3 +43,15 @@ def test_lora_cache_times_none_miss_hit_and_churn(app_url, lora_dir):
     for phase in ("none", "miss", "hit", "churn"):
         assert figures[phase]["median_ms"] > 0, phase
     assert set(figures["ratios"]) == {"miss", "hit", "churn", "miss_over_hit"}
+
+
+def test_queue_bench_direct_vs_queued_and_burst(app_url):
+    """The queue bench's phases against the session app (tiny settings)."""
+    from bench import queue
+    from tests.conftest import API_KEY
+
+    figures = queue.measure(app_url, n=3, burst=8, concurrency=4, key=API_KEY)
+    for phase in ("direct", "queued", "submit"):
+        assert figures[phase]["n"] == 3 and figures[phase]["p50_ms"] > 0, phase
+    assert figures["burst"]["distinct_ids"] == 8
+    assert figures["ratios"]["queued_over_direct_p50"] > 0
