@@ -55,7 +55,7 @@ class Ingress:
         self.base, self.refiner, self.safety = base, refiner, safety
         self.llm, self.tts, self.video, self.mesh3d = llm, tts, video, mesh3d
         self.llm_name = llm_name
-        # Bound so Serve deploys the worker with the app; jobs reach it through the store.
+        # Jobs reach the workers through the store; the handle only wakes one up early.
         self.worker = worker
         checked = Fetcher(allow_hosts=frozenset(fetch_allow_hosts or ()))
         self.files = open_file_service(files_location, ttl_s=file_url_ttl_s)
@@ -64,7 +64,7 @@ class Ingress:
         self.handles = Handles(base, refiner, safety, llm, tts, video, mesh3d, llm_name,
                                self.fetcher)
         self.queue = queue.Queue(JobStore(database_url or default_database_url()), self.files,
-                                 checked)
+                                 checked, worker)
         app.state.api_keys = ApiKeys.from_env()
         app.state.usage = UsageLog(database_url)
         app.state.max_body_bytes = max_body_bytes

@@ -29,6 +29,7 @@ log = logging.getLogger("genserve.worker")
 LOG_EVERY_S = 0.5
 # Pipelines refusing work (their bounded queues are full): wait and try again, this long.
 BACKPRESSURE_RETRY_S = 600.0
+WAKE_MIN_S = 0.02
 
 
 class _JobLog:
@@ -98,6 +99,7 @@ class JobWorker:
         self.cancel_asked: set[str] = set()
         self.sending: set[str] = set()
         self._training = None
+        self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop().create_task(self._main())
 
     # -- the loop ----------------------------------------------------------------------------
@@ -121,9 +123,20 @@ class JobWorker:
                         self.running[job.id] = (task, kind)
                         task.add_done_callback(lambda _, i=job.id: self.running.pop(i, None))
                 await self._send_webhooks()
+            except RuntimeError as exc:
+                if "after shutdown" in str(exc):  # the replica is stopping
+                    return
+                log.exception("worker loop iteration failed")
             except Exception:  # a database hiccup must not end the loop
                 log.exception("worker loop iteration failed")
-            await asyncio.sleep(self.poll_s)
+            # At most one iteration per WAKE_MIN_S however often the ingress wakes us: under
+            # a burst, claims are batched instead of competing with submits for the database.
+            await asyncio.sleep(WAKE_MIN_S)
+            try:  # the next poll, or sooner when the ingress says a job arrived
+                await asyncio.wait_for(self._wake.wait(), self.poll_s - WAKE_MIN_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
 
     async def _renew(self) -> None:
         ids = list(self.running)
@@ -244,6 +257,11 @@ class JobWorker:
                                 status=result.status, error=result.error, retry_at=retry_at)
 
     # -- Serve hooks -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A job was just submitted: claim now instead of at the next poll (a hint; polling
+        alone is correct, only slower)."""
+        self._wake.set()
 
     def check_health(self) -> None:
         if self._loop.done():

@@ -70,12 +70,15 @@ def _replica_actor(fragment: str):
 def test_killing_a_worker_and_the_ingress_loses_nothing(client, app_url, store, files_dir):
     import ray
 
-    ids = [client.post(SDXL, json=sdxl_input(num_inference_steps=30, seed=i)).json()[
-        "request_id"] for i in range(10)]
+    # More jobs than the two workers' 2 × 8 slots: some queued, some running at the kill.
+    ids = [client.post(SDXL, json=sdxl_input(num_inference_steps=20, seed=i)).json()[
+        "request_id"] for i in range(20)]
     # A worker holding a running job: its lease names its replica.
     victim = wait_for(lambda: next((j.lease_owner for j in map(store.get, ids)
                                     if j.status == "IN_PROGRESS"), None), timeout_s=60)
     held = [i for i in ids if store.get(i).lease_owner == victim]
+    queued = sum(store.get(i).status == "IN_QUEUE" for i in ids)
+    assert held and queued, (len(held), queued)
     ray.kill(_replica_actor(f"JobWorker#{victim.rsplit('-', 1)[0]}"), no_restart=True)
     killed_at = time.perf_counter()
     ray.kill(_replica_actor("#Ingress#"), no_restart=True)
@@ -99,6 +102,7 @@ def test_killing_a_worker_and_the_ingress_loses_nothing(client, app_url, store, 
         r = client.get(f"/queue/requests/{job.id}")
         assert r.status_code == 200 and len(r.json()["images"]) == 1
     RESULTS["kill"] = {"jobs": len(ids), "held_by_killed_worker": len(held),
+                       "queued_at_kill": queued,
                        "lease_s": LEASE_S, "kill_to_reclaimed_s": round(reclaimed_s, 1),
                        "kill_to_all_done_s": round(done_s, 1)}
     print("\nqueue kill:", json.dumps(RESULTS["kill"]))

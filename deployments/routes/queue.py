@@ -42,6 +42,7 @@ TIMEOUT_HEADER = "x-fal-request-timeout"
 PRIORITY_HEADER = "x-fal-queue-priority"
 MAX_IDEMPOTENCY_KEY = 255
 STREAM_POLL_S = 0.25
+NUDGE_EVERY_S = 0.02
 
 
 @dataclass
@@ -49,6 +50,25 @@ class Queue:
     store: JobStore
     files: Any     # genserve.files.FileService
     fetcher: Any   # genserve.fetch.Fetcher (webhook URLs pass its SSRF check)
+    worker: Any = None  # the JobWorker handle, to wake one up after a submit
+
+    last_nudge: float = 0.0
+
+    def nudge(self) -> None:
+        """Tell a worker a job is waiting; fire and forget (the workers poll anyway), and at
+        most every NUDGE_EVERY_S: in a burst the worker is awake already."""
+        now = time.monotonic()
+        if self.worker is None or now - self.last_nudge < NUDGE_EVERY_S:
+            return
+        self.last_nudge = now
+
+        async def send():
+            try:
+                await asyncio.wait_for(self.worker.wake.remote(), 5)
+            except Exception:  # a hint only: never fail or slow a submit over it
+                pass
+
+        asyncio.ensure_future(send())
 
 
 def app_name(owner: str, name: str) -> str:
@@ -143,10 +163,12 @@ async def submit(q: Queue, name: str, request: Request, handles) -> JSONResponse
                  webhook_url=webhook, base_url=base, priority=_priority(request),
                  start_deadline=_start_deadline(request))
     try:
-        job, _created = await asyncio.to_thread(q.store.submit, new)
+        job, created = await asyncio.to_thread(q.store.submit, new)
     except IdempotencyConflict:
         raise InvalidInput("header `Idempotency-Key` was already used with a different "
                            "request body", field="Idempotency-Key") from None
+    if created:
+        q.nudge()
     position = await asyncio.to_thread(q.store.queue_position, job) \
         if job.status == IN_QUEUE else 0
     return JSONResponse({"request_id": job.id, **_urls(base, job), "queue_position": position},
@@ -265,4 +287,4 @@ async def run(q: Queue, name: str, request: Request, handles) -> JSONResponse:
             # The job runs on (it is durable); the caller can still fetch it by id.
             return JSONResponse({"detail": "client went away", "request_id": request_id}, 499)
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, 0.25)
