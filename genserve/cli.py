@@ -69,7 +69,7 @@ API key: {key}
        -d '{{"prompt": "A cat with a hat", "height": 64, "width": 64, "num_inference_steps": 4}}'
 
   # the same as a job (fal's queue protocol), with progress and a stored PNG:
-  GENSERVE_URL={base} GENSERVE_API_KEY={key} genserve run sdxl --prompt "A cat" \
+  GENSERVE_URL={base} GENSERVE_API_KEY={key} genserve run sdxl --prompt "A cat" \\
        --param height=64 --param width=64 -o out/
 
 Ctrl-C stops Serve and Ray.""", flush=True)
