@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.endpoints import Handles, run_endpoint
 from genserve.endpoints import endpoint
 from genserve.errors import GenserveError
+from genserve.jobs.outputs import store_outputs
 from genserve.jobs.store import CANCELLED, ERROR, OK, Finish, Job, JobStore
 
 log = logging.getLogger("genserve.worker")
@@ -167,9 +168,9 @@ class JobWorker:
             else:
                 output = await self._infer(spec, body, joblog)
             if not job.sync_mode:
-                # Stored under the request id before COMPLETED; a retried job overwrites the
-                # same keys.
-                output = await asyncio.to_thread(self.files.externalize, output, job.id)
+                output = await store_outputs(
+                    self.files, job.id, output,
+                    lambda message: joblog.write(message, "WARNING"))
             end = Finish(OK, output=output,
                          metrics={"inference_time": round(time.perf_counter() - started, 4)})
         except asyncio.CancelledError:

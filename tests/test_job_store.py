@@ -72,6 +72,24 @@ def test_idempotency_key_scoped_by_owner_and_body(store):
     assert created and other_owner.id != first.id
 
 
+def test_one_idempotency_key_submitted_concurrently_makes_one_job(store):
+    barrier = threading.Barrier(6)
+    answers = []
+
+    def submit():
+        barrier.wait()
+        answers.append(store.submit(new(idempotency_key="same", input={"prompt": "x"})))
+
+    threads = [threading.Thread(target=submit) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({job.id for job, _ in answers}) == 1
+    assert sorted(created for _, created in answers) == [False] * 5 + [True]
+    assert store.counts() == {IN_QUEUE: 1}
+
+
 def test_concurrent_claims_never_share_a_job(store):
     ids = {store.submit(new())[0].id for _ in range(40)}
     got: dict[str, list[str]] = {}

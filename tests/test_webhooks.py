@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import http.server
 import json
 import random
@@ -166,6 +167,12 @@ _connects: list | None = None  # socket.connect targets while a test records the
 def _audit(event, args):
     if event == "socket.connect" and _connects is not None:
         _connects.append(args[1])
+        target = args[1]
+        host = target[0] if isinstance(target, tuple) else ""
+        # The network rule for tests: even a broken guard must not reach a non-loopback
+        # address, so the hook blocks the connect (raising here aborts it) and the test fails.
+        if host and not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            raise ConnectionRefusedError(f"test guard: blocked a connect to {host}")
 
 
 _hooked = False

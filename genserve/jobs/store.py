@@ -213,6 +213,16 @@ class JobStore:
     def submit(self, new: NewJob) -> tuple[Job, bool]:
         """Store ``new`` and return it with True, or the earlier job with the same idempotency
         key with False (`IdempotencyConflict` when that one had another body)."""
+        try:
+            return self._submit(new)
+        except sa.exc.IntegrityError:
+            # Two submits with one key raced past the lookup (PostgreSQL's read committed;
+            # SQLite serializes writers): the unique index let one in, so this one is a replay.
+            if new.idempotency_key is None:
+                raise
+            return self._submit(new)
+
+    def _submit(self, new: NewJob) -> tuple[Job, bool]:
         now = time.time()
         with self._writer.begin() as conn:
             if new.idempotency_key is not None:
