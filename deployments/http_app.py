@@ -4,6 +4,8 @@ Route handlers live in `deployments/routes/` as mixins of the `Ingress` class; S
 every route whose method belongs to a class in the ingress's MRO.
 """
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from genserve.http import errors
@@ -15,7 +17,19 @@ PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openap
 # a browser or another service without the API key.
 PUBLIC_GET_PREFIXES = ("/files/",)
 
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    # Serve installs its own plain-text 503 handlers for backpressure when the replica starts
+    # (after this module set ours); put ours back so an overload answers with JSON and
+    # Retry-After, and rebuild the middleware stack, which captured the handlers.
+    errors.install_overload(app)
+    app.middleware_stack = None
+    yield
+
+
 app = FastAPI(
+    lifespan=lifespan,
     title="genserve",
     version="0.1.0",
     description="Self-hosted generative models on Ray Serve. Authenticate with "

@@ -22,6 +22,8 @@ def test_overload_gives_fast_503s_with_retry_after_then_recovers(app_url):
                           headers={"Authorization": f"Key {API_KEY}"}) as c:
             t0 = time.perf_counter()
             r = c.post("/generate", json=body)
+            if r.status_code == 503 and not r.headers.get("retry-after"):
+                print("503 without Retry-After:", r.text[:300], dict(r.headers))
             return r.status_code, time.perf_counter() - t0, r.headers.get("retry-after")
 
     with ThreadPoolExecutor(48) as pool:

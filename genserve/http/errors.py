@@ -71,11 +71,15 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500)
 
 
-def install(app: FastAPI) -> None:
+def install_overload(app: FastAPI) -> None:
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(GenserveError, genserve_error)
     app.add_exception_handler(BackPressureError, overloaded)
     app.add_exception_handler(DeploymentUnavailableError, overloaded)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(GenserveError, genserve_error)
+    install_overload(app)
     app.add_exception_handler(Exception, unexpected)
