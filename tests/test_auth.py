@@ -53,3 +53,22 @@ def test_no_key_configured_refuses_everything():
     keys = ApiKeys.from_env({})
     assert not keys.configured and not keys.check("Key anything")
     assert ApiKeys.from_env({"GENSERVE_AUTH": "disabled"}).check(None)
+
+
+def test_cors_is_closed_by_default(anon):
+    """No CORS middleware: a browser on another origin gets no Access-Control-Allow-Origin,
+    so it cannot read our answers (or send the key cross-site)."""
+    evil = {"Origin": "https://evil.example"}
+    pre = anon.options("/generate", headers={**evil, "Access-Control-Request-Method": "POST",
+                                             "Access-Control-Request-Headers": "authorization"})
+    assert "access-control-allow-origin" not in pre.headers
+    assert pre.status_code < 500
+    assert "access-control-allow-origin" not in anon.get("/healthz", headers=evil).headers
+
+
+def test_file_paths_with_traversal_never_resolve(anon):
+    for path in ("/files/..%2F..%2Fetc%2Fpasswd", "/files/%2E%2E/%2E%2E/etc/passwd",
+                 "/files/a/../../b", "/files/%00", "/files/" + "a" * 2000):
+        r = anon.get(path, params={"expires": "9999999999", "signature": "0" * 64})
+        # (A client may normalize `a/../../b` to `/b`: then it is not a file route, 401.)
+        assert r.status_code in (400, 401, 403, 404), (path, r.status_code, r.text[:200])
