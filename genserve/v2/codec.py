@@ -151,7 +151,7 @@ def _check_tensor(tensor: Any, index: int, specs: dict[str, TensorSpec]) -> Tens
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input '{name}': `shape` must be a list of non-negative "
                            f"integers, got {shape!r}", name)
-    if datatype not in _ACCEPTS[spec.datatype]:
+    if not isinstance(datatype, str) or datatype not in _ACCEPTS[spec.datatype]:
         raise InvalidInput(f"input '{name}' must be {spec.datatype} {list(spec.shape)} but "
                            f"is {datatype} {shape}", name)
     params = tensor.get("parameters")
@@ -170,6 +170,9 @@ def _requested(outputs: Any, response_model: type[BaseModel] | None) -> list[Req
             raise InvalidInput(f"each of `outputs` must be an object with a string `name`, "
                                f"got {item!r}")
         name, params = item["name"], item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput(f"output '{name}': `parameters` must be an object, got "
+                               f"{params!r}"[:200], name)
         if known is not None and name not in known:
             raise InvalidInput(f"unknown output '{name}'; the outputs are: "
                                f"{', '.join(known)}", name)
