@@ -14,8 +14,6 @@ PosixPath('/tmp/job-1/images.zip')
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
 import stat
@@ -23,9 +21,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
-from urllib.parse import unquote_to_bytes
 
 from genserve.errors import InvalidInput
+from genserve.files.data_uri import decode_data_uri
 from genserve.fetch import Fetcher
 from genserve.storage import atomic_write, parse_s3_uri
 
@@ -56,7 +54,7 @@ def fetch_to(location: str, dest: Path, *, field: str, max_bytes: int,
         with atomic_write(dest) as out:
             out.write(body)
     elif scheme == "data":
-        data = _decode_data_uri(location[len("data:"):], field, max_bytes)
+        data, _ = decode_data_uri(location, field, max_bytes)
         with atomic_write(dest) as out:
             out.write(data)
     elif scheme == "s3":
@@ -89,31 +87,6 @@ def fetch_text(location: str, *, field: str, max_bytes: int, fetcher: Fetcher | 
 
 
 # -- sources ---------------------------------------------------------------------------------
-
-def _decode_data_uri(uri: str, field: str, max_bytes: int) -> bytes:
-    """``uri`` without its "data:" scheme: ``[<type>][;base64],<payload>``."""
-    header, comma, payload = uri.partition(",")
-    if not comma:
-        raise InvalidInput(f"`{field}`: data: URI has no ',' before its payload", field)
-    is_base64 = header.lower().endswith(";base64")
-    # Sized from the text before decoding, so an oversized payload is never decoded whole.
-    chars = len(payload) - 2 * payload.count("%")  # each %XX escape stands for one character
-    padding = len(payload) - len(payload.rstrip("="))
-    estimate = (chars - padding) * 3 // 4 if is_base64 else chars  # exact for valid payloads
-    _check_size(estimate, max_bytes, "the data: URI", field)
-    if is_base64:
-        try:
-            # Characters such as '+' and '/' may arrive percent-escaped (RFC 2397).
-            text = unquote_to_bytes(payload) if "%" in payload else payload.encode("ascii")
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise InvalidInput(f"`{field}`: data: URI payload is not valid base64 ({exc})",
-                               field) from None
-    else:
-        data = unquote_to_bytes(payload)
-    _check_size(len(data), max_bytes, "the data: URI", field)
-    return data
-
 
 def _copy_local(location: str, dest: Path, field: str, max_bytes: int) -> None:
     shown = _shown(location)
