@@ -71,11 +71,22 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500)
 
 
+async def replica_lost(request: Request, exc: Exception) -> JSONResponse:
+    # The replica serving this call died (killed, OOM, node lost); Serve is replacing it and
+    # the same request succeeds on retry: a 503, not a 500.
+    return JSONResponse({"detail": "a model replica stopped while serving this request; "
+                                   f"retry ({type(exc).__name__})"},
+                        status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
 def install_overload(app: FastAPI) -> None:
+    from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
     app.add_exception_handler(BackPressureError, overloaded)
     app.add_exception_handler(DeploymentUnavailableError, overloaded)
+    app.add_exception_handler(RayActorError, replica_lost)
+    app.add_exception_handler(ActorUnavailableError, replica_lost)
 
 
 def install(app: FastAPI) -> None:
