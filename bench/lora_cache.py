@@ -17,27 +17,20 @@ request evicts one and loads one (the LRU's worst case).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import free_port, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "lora_cache.json"
 TINY_DIR = Path(os.environ.get("GENSERVE_TINY_DIR", ROOT / ".cache" / "tiny-models"))
 SDXL_DEPLOYMENTS = ("Ingress", "SDXLBase", "SDXLRefiner", "SafetyChecker")
 KEY = "bench-key-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deploy(lora_dir: Path, cache: int) -> str:
@@ -50,7 +43,7 @@ def deploy(lora_dir: Path, cache: int) -> str:
     app["deployments"] = [d for d in app["deployments"] if d["name"] in SDXL_DEPLOYMENTS]
     one = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
     sdxl = {**app["args"]["sdxl"], "lora_dir": str(lora_dir), "max_loras_per_replica": cache}
-    port = _free_port()
+    port = free_port()
     config = launch.overlay(
         config, tiny_models_dir=str(next(iter(models.values())).parent), host="127.0.0.1",
         port=port, args={"sdxl": sdxl, "llm": None, "tts": None, "video": None,
@@ -146,12 +139,7 @@ def main(argv: list[str] | None = None) -> Path:
         if started_ray:
             serve.shutdown()
             ray.shutdown()
-    results = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                           "ray": ray.__version__,
-                           "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
-               "config": vars(args) | {"out": str(args.out)}, **figures}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, args, figures)
     for name in ("none", "miss", "hit", "churn"):
         f = figures[name]
         print(f"{name:6} median {f['median_ms']:7.1f} ms  p90 {f['p90_ms']:7.1f} ms  n={f['n']}")

@@ -16,14 +16,14 @@ times over real HTTP, in one run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from bench.common import free_port, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "queue.json"
@@ -32,7 +32,7 @@ DEPLOYMENTS = ("Ingress", "JobWorker", "SDXLBase", "SDXLRefiner", "SafetyChecker
 
 
 def deploy(state_dir: Path) -> str:
-    from bench.lora_cache import TINY_DIR, _free_port
+    from bench.lora_cache import TINY_DIR
     from genserve import launch, tiny
 
     models = tiny.build(TINY_DIR)
@@ -40,7 +40,7 @@ def deploy(state_dir: Path) -> str:
     app = next(a for a in config["applications"] if a["name"] == launch.APP_NAME)
     app["deployments"] = [d for d in app["deployments"] if d["name"] in DEPLOYMENTS]
     one = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
-    port = _free_port()
+    port = free_port()
     config = launch.overlay(
         config, tiny_models_dir=str(next(iter(models.values())).parent), host="127.0.0.1",
         port=port, args={"llm": None, "tts": None, "video": None, "mesh3d": None,
@@ -156,12 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
         finally:
             serve.shutdown()
             ray.shutdown()
-    results = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                           "ray": ray.__version__,
-                           "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
-               "config": vars(args) | {"out": str(args.out)}, **figures}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, args, figures)
     for name in ("direct", "queued", "submit"):
         f = figures[name]
         print(f"{name:7} p50 {f['p50_ms']:7.1f} ms  p90 {f['p90_ms']:7.1f} ms  n={f['n']}")
