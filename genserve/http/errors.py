@@ -79,14 +79,27 @@ async def replica_lost(request: Request, exc: Exception) -> JSONResponse:
                         status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
+async def serve_error(request: Request, exc: Exception) -> JSONResponse:
+    # Serve wraps an upstream replica's death (a DeploymentResponse passed to the next
+    # deployment whose producer died) in RayServeException with the ActorDiedError as cause.
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    cause = exc.__cause__
+    if isinstance(cause, (RayActorError, ActorUnavailableError)):
+        return await replica_lost(request, cause)
+    return await unexpected(request, exc)
+
+
 def install_overload(app: FastAPI) -> None:
     from ray.exceptions import ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    from ray.serve.exceptions import (BackPressureError, DeploymentUnavailableError,
+                                      RayServeException)
 
     app.add_exception_handler(BackPressureError, overloaded)
     app.add_exception_handler(DeploymentUnavailableError, overloaded)
     app.add_exception_handler(RayActorError, replica_lost)
     app.add_exception_handler(ActorUnavailableError, replica_lost)
+    app.add_exception_handler(RayServeException, serve_error)
 
 
 def install(app: FastAPI) -> None:
