@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, write_results
+from bench.common import free_port, serve_url, shared_cluster, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "lora_cache.json"
@@ -50,7 +50,7 @@ def deploy(lora_dir: Path, cache: int) -> str:
                          "mesh3d": None},
         deployments={name: one for name in SDXL_DEPLOYMENTS})
     launch.deploy(config, timeout_s=300)
-    return f"http://127.0.0.1:{port}"
+    return serve_url()  # the proxy's own port: a running Serve (bench.run_all's) keeps its own
 
 
 def write_loras(lora_dir: Path, count: int, prefix: str = "bench") -> list[str]:
@@ -118,27 +118,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.loras <= args.cache:
         parser.error("--loras must exceed --cache (the churn phase needs evictions)")
-    import ray
-    from ray import serve
-
     os.environ["GENSERVE_API_KEY"] = KEY  # replicas inherit the driver's environment
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        from genserve import launch
-
-        need = launch.required_resources(launch.load_config())
-        ray.init(num_cpus=need["CPU"], num_gpus=need["GPU"], include_dashboard=False,
-                 log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="genserve-bench-loras-") as d:
-            ids = write_loras(Path(d), args.loras)
-            url = deploy(Path(d), args.cache)
-            figures = measure(url, ids, cache=args.cache, hits=args.hits, size=args.size,
-                              steps=args.steps)
-    finally:
-        if started_ray:
-            serve.shutdown()
-            ray.shutdown()
+    with shared_cluster(), tempfile.TemporaryDirectory(prefix="genserve-bench-loras-") as d:
+        ids = write_loras(Path(d), args.loras)
+        url = deploy(Path(d), args.cache)
+        figures = measure(url, ids, cache=args.cache, hits=args.hits, size=args.size,
+                          steps=args.steps)
     write_results(args.out, args, figures)
     for name in ("none", "miss", "hit", "churn"):
         f = figures[name]
@@ -146,6 +131,16 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"ratios vs none: {figures['ratios']}")
     print(f"[lora_cache] wrote {args.out}")
     return args.out
+
+
+def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """(figure, ratio) rows for `bench.run_all`'s table."""
+    r, base = results["ratios"], results["none"]["median_ms"]
+    return [(f"LoRA cache hit / no LoRA, median ({results['hit']['median_ms']:.1f} vs "
+             f"{base:.1f} ms)", r["hit"]),
+            (f"LoRA cache miss / no LoRA ({results['miss']['median_ms']:.1f} ms)", r["miss"]),
+            (f"LoRA churn (evict + load) / no LoRA ({results['churn']['median_ms']:.1f} ms)",
+             r["churn"])]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, write_results
+from bench.common import free_port, serve_url, shared_cluster, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "queue.json"
@@ -48,7 +48,7 @@ def deploy(state_dir: Path) -> str:
                          "jobs": {"files_location": str(state_dir / "files")}},
         deployments={n: one for n in DEPLOYMENTS if n != "JobWorker"})
     launch.deploy(config, timeout_s=300)
-    return f"http://127.0.0.1:{port}"
+    return serve_url()  # the proxy's own port: a running Serve (bench.run_all's) keeps its own
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
@@ -139,23 +139,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     import tempfile
 
-    import ray
-    from ray import serve
-
-    from genserve import launch
-
     os.environ["GENSERVE_API_KEY"] = KEY
-    need = launch.required_resources(launch.load_config())
     with tempfile.TemporaryDirectory(prefix="genserve-bench-queue-") as d:
-        os.environ["GENSERVE_STATE_DIR"] = d
-        ray.init(num_cpus=need["CPU"], num_gpus=need["GPU"], include_dashboard=False,
-                 log_to_driver=False)
-        try:
+        os.environ["GENSERVE_STATE_DIR"] = d  # reaches replicas of a cluster started here
+        with shared_cluster():
             figures = measure(deploy(Path(d)), n=args.n, burst=args.burst,
                               concurrency=args.concurrency)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
     write_results(args.out, args, figures)
     for name in ("direct", "queued", "submit"):
         f = figures[name]
@@ -164,6 +153,16 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"ratios: {figures['ratios']}")
     print(f"[queue] wrote {args.out}")
     return args.out
+
+
+def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """(figure, ratio) rows for `bench.run_all`'s table."""
+    r, b = results["ratios"], results["burst"]
+    return [(f"queued (`/run`) / direct p50 ({results['queued']['p50_ms']:.1f} vs "
+             f"{results['direct']['p50_ms']:.1f} ms)", r["queued_over_direct_p50"]),
+            (f"burst of {b['jobs']} from {b['concurrency']} threads, all done: queued / direct "
+             f"({b['all_done_s']:.1f} vs {b['direct_all_done_s']:.1f} s)",
+             r["burst_time_queued_over_direct"])]
 
 
 if __name__ == "__main__":

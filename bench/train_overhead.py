@@ -270,6 +270,13 @@ def print_table(results: dict[str, Any]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
+def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """(figure, ratio) rows for `bench.run_all`'s table: each Ray mode's median step / plain."""
+    plain = results["modes"]["plain"]["median_s"] * 1000
+    return [(f"{name}: median step / plain loop ({results['modes'][name]['median_s'] * 1000:.0f}"
+             f" vs {plain:.0f} ms)", r["step_time"]) for name, r in results["ratios"].items()]
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
