@@ -138,3 +138,40 @@ def test_cluster_yaml_validates_with_rays_schema():
     assert {"gpu_1x", "gpu_4x"} <= set(cluster["available_node_types"])
     starts = " ".join(cluster["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in starts and "RAY_AUTH_MODE=token" in starts
+
+
+def test_cluster_yaml_can_hold_the_serve_config(config):
+    from genserve.kuberay import demand
+
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    types = cluster["available_node_types"]
+    need = demand(config)
+    head = types[cluster["head_node_type"]]["resources"]
+    assert head["GPU"] == 0 and head["CPU"] >= need.head_cpus  # ingress + queue workers
+    gpu_types = {n: t for n, t in types.items() if t["resources"].get("GPU")}
+    assert {n: t["resources"]["GPU"] for n, t in gpu_types.items()} == {"gpu_1x": 1, "gpu_4x": 4}
+    for name, t in gpu_types.items():
+        # A node full of the most CPU-hungry GPU share still has a CPU per replica.
+        assert t["resources"]["CPU"] >= need.cpus_per_gpu * t["resources"]["GPU"], name
+    # Autoscaler limits: every deployment at max_replicas fits; the always-on replicas fit
+    # the minimum nodes; the global cap is the sum of the per-type caps.
+    assert sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu_types.values()) >= (
+        need.max_gpus)
+    assert sum(t["min_workers"] * t["resources"]["GPU"] for t in gpu_types.values()) >= (
+        need.min_gpus)
+    assert cluster["max_workers"] == sum(t["max_workers"] for t in gpu_types.values())
+    assert 0 < cluster["idle_timeout_minutes"] and cluster["upscaling_speed"] > 0
+
+
+def test_cluster_yaml_installs_the_project_and_shares_the_token():
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    mounts = cluster["file_mounts"]
+    checkout = next(remote for remote, local in mounts.items() if local == ".")
+    assert any(f"cd ~/{Path(checkout).name}" in c and "pip install -e ." in c
+               for c in cluster["setup_commands"])
+    # Every node gets the operator's token file and starts Ray with token auth on.
+    assert mounts["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert not any("RAY_AUTH_MODE=disabled" in c or "dashboard-host=0.0.0.0" in c
+                   for c in starts)
