@@ -71,7 +71,9 @@ def ray_cluster(state_dir):
     need = launch.required_resources(launch.load_config())
     # Three CPUs more than Serve needs: two Ray Train workers and a job driver for the
     # personalization tests (logical slots; the box has two real cores either way).
-    ray.init(num_cpus=need["CPU"] + TRAIN_CPUS, num_gpus=need["GPU"],
+    # address="local": always a fresh cluster of our own, never one a `ray start` left behind
+    # (the multi-node test starts some).
+    ray.init(address="local", num_cpus=need["CPU"] + TRAIN_CPUS, num_gpus=need["GPU"],
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     from ray import serve
@@ -168,3 +170,44 @@ def client(app_url):
 def anon(app_url):
     with httpx.Client(base_url=app_url, timeout=60) as c:
         yield c
+
+
+# RELIABILITY.md's cases and the tests that prove them: `pytest -m reliability` runs this
+# group (a module name takes all its tests, `module::test` one test and its parameters).
+RELIABILITY = {
+    "test_serve_faults": "F2 F3 F6 F7 L1 L4 (own cluster, short timers)",
+    "test_overload": "L2",
+    "test_queue_faults": "L3 F8",
+    "test_fractional_gpu::test_replicas_beyond_free_gpu_stay_pending": "L5",
+    "test_recovery": "F1 F4 F5",
+    "test_queue_http::test_cancel_in_each_state": "F9",
+    "test_queue_http::test_one_idempotency_key_sent_three_times_at_once": "F10",
+    "test_queue_http::test_idempotency_key_replays_the_same_request": "F10",
+    "test_queue_http::test_start_deadline_fails_a_job_that_could_not_start": "F9",
+    "test_queue_http::test_internal_input_urls_are_refused": "B1",
+    "test_queue_http::test_jobs_are_in_the_store_with_one_terminal_state": "F8",
+    "test_queue_webhooks": "F11 B1",
+    "test_webhooks": "F11 B1 B2",
+    "test_job_outputs": "F12",
+    "test_personalize_job::test_worker_killed_mid_run_resumes_from_the_last_checkpoint": "F13",
+    "test_queue_training::test_cancel_a_running_training_job_stops_the_ray_job": "F14",
+    "test_personalize_job::test_stopped_job_resubmitted_resumes_from_its_last_checkpoint": "F14",
+    "test_fetch": "B1 B2 B3",
+    "test_files": "B4 B9",
+    "test_bad_input": "B4 B5 B10 B11",
+    "test_archive": "B6",
+    "test_lora_serving::test_malformed_names_are_422": "B7",
+    "test_lora_serving::test_unknown_lora_is_404_naming_the_field": "B7",
+    "test_lora_serving::test_pickle_files_are_never_read": "B8",
+    "test_auth": "B7 B9 B12",
+    "test_personalize_job::test_ray_job_submit_runs_the_yaml_job": "B12 (Ray jobs API token)",
+    "test_fuzz": "B13",
+    "test_http_errors": "F1 F6 (status mapping)",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in RELIABILITY or f"{module}::{item.originalname}" in RELIABILITY:
+            item.add_marker(pytest.mark.reliability)

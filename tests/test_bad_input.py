@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
@@ -114,3 +115,23 @@ def test_unknown_route_is_404(client):
 def test_pndm_with_too_few_steps_is_422(client):
     r = client.post("/generate", json=tiny_request(scheduler="PNDM", num_inference_steps=3))
     assert r.status_code == 422 and "num_inference_steps" in r.json()["message"]
+
+
+def test_multipart_upload_takes_its_one_file_part(client):
+    r = client.post("/files/upload", files={"file": ("notes.txt", b"hello", "text/plain")})
+    assert r.status_code == 200, r.text
+    assert r.json()["file_name"] == "notes.txt" and r.json()["file_size"] == 5
+    assert r.json()["content_type"].startswith("text/plain")
+
+
+def test_multipart_with_thousands_of_parts_is_refused_fast(client):
+    # B11: 5 000 tiny fields (well under the body limit) are refused by the part count.
+    fields = {f"f{i}": "x" for i in range(5000)}
+    started = time.monotonic()
+    r = client.post("/files/upload", data=fields,
+                    files={"file": ("a.txt", b"a", "text/plain")})
+    assert r.status_code == 422 and "fields" in r.json()["detail"], r.text
+    assert r.json()["field"] == "body" and time.monotonic() - started < 5
+    two = client.post("/files/upload", files=[("file", ("a.txt", b"a", "text/plain")),
+                                              ("file", ("b.txt", b"b", "text/plain"))])
+    assert two.status_code == 422 and "file" in two.text

@@ -7,7 +7,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from ray.exceptions import ActorDiedError, ActorUnavailableError
-from ray.serve.exceptions import BackPressureError, RayServeException
+from ray.serve._private.common import DeploymentID
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from genserve.http import errors
 
@@ -26,6 +27,8 @@ CASES = {
     "upstream": (_wrapped_upstream_death, 503),
     "backpressure": (lambda: BackPressureError(num_queued_requests=5,
                                                max_queued_requests=4), 503),
+    "failed_deploy": (lambda: DeploymentUnavailableError(
+        DeploymentID(name="SDXLBase", app_name="genserve")), 503),
     "serve_other": (lambda: RayServeException("something else"), 500),
     "bug": (lambda: KeyError("x"), 500),
 }
@@ -49,6 +52,6 @@ def test_status_for(client: TestClient, case: str):
     assert r.status_code == CASES[case][1], r.text
     if r.status_code == 503:
         assert r.headers["retry-after"] == errors.RETRY_AFTER_S
-        assert "retry" in r.json()["detail"]
+        assert "retry" in r.json()["detail"].lower()
     else:
         assert "internal error" in r.json()["detail"]

@@ -134,6 +134,42 @@ def test_ray_job_submit_runs_the_yaml_job(ray_cluster, tiny_models, archive, lor
     assert (lora_dir / "job-submitted" / LF.WEIGHTS_NAME).exists()
 
 
+def test_stopped_job_resubmitted_resumes_from_its_last_checkpoint(ray_cluster, tiny_models,
+                                                                   archive, lora_dir, tmp_path):
+    """F14: `ray job stop` mid-training ends the Ray job STOPPED; the same command submitted
+    again (same --job-id, same storage) continues from the last checkpoint, not from zero."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    steps, runs = 40, tmp_path / "runs"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(request(
+        tiny_models, archive, max_train_steps=steps,
+        ray={"num_workers": 1, "use_gpu": False, "checkpoint_every_n_steps": 4,
+             "storage_path": str(runs)}).to_config()))
+    client = JobSubmissionClient(_dashboard_url())
+    command = dict(entrypoint=f"{sys.executable} -m training.personalize --config {job} "
+                   f"--job-id job-resubmitted --output {lora_dir}",
+                   runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    first = _submit(client, **command)
+    deadline = time.monotonic() + 240
+    # Two checkpoint directories: the first is then surely committed.
+    while len(list(runs.glob("job-resubmitted/checkpoint_*"))) < 2:
+        assert time.monotonic() < deadline and client.get_job_status(first) in (
+            JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(first)[-3000:]
+        time.sleep(0.1)
+    client.stop_job(first)
+    assert _wait(client, first, timeout=60) == JobStatus.STOPPED
+    assert not (lora_dir / "job-resubmitted" / "result.json").exists()
+    second = _submit(client, **command)
+    assert _wait(client, second, timeout=300) == JobStatus.SUCCEEDED, \
+        client.get_job_logs(second)[-3000:]
+    metrics = json.loads((lora_dir / "job-resubmitted" / "result.json").read_text())["metrics"]
+    assert metrics["step"] == steps
+    assert metrics["resumed_from"] is not None and 4 <= metrics["resumed_from"] < steps
+    print(f"\nF14: stopped after checkpoint, resubmitted run resumed from step "
+          f"{metrics['resumed_from']} of {steps}")
+
+
 def test_bad_job_file_fails_with_the_field_named(ray_cluster, tmp_path):
     from training.personalize import main
 

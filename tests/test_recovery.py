@@ -8,61 +8,13 @@ Runs after the queue tests (file order) because it kills the session app's actor
 from __future__ import annotations
 
 import json
-import threading
 import time
 
-import httpx
 import pytest
 
-from tests.conftest import API_KEY
-from tests.util import tiny_request
+from tests.traffic import Traffic
 
 FIGURES: dict = {}
-
-
-class Traffic:
-    """A background client sending /generate back to back, retrying each request."""
-
-    def __init__(self, app_url: str):
-        self.url, self.stop = app_url, threading.Event()
-        self.sent = self.ok = self.first_try_failed = self.gave_up = 0
-        self.failures: list[tuple[float, str]] = []
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        with httpx.Client(base_url=self.url, timeout=30,
-                          headers={"Authorization": f"Key {API_KEY}"}) as client:
-            while not self.stop.is_set():
-                self.sent += 1
-                self.one(client)
-
-    def one(self, client, attempts: int = 90):
-        for attempt in range(attempts):
-            try:
-                r = client.post("/generate", json=tiny_request(num_inference_steps=2))
-                if r.status_code == 200:
-                    self.ok += 1
-                    return
-                if r.status_code not in (502, 503, 504):
-                    self.failures.append((time.monotonic(), f"{r.status_code} {r.text[:200]}"))
-                    self.gave_up += 1
-                    return
-                reason = str(r.status_code)
-            except httpx.HTTPError as exc:
-                reason = type(exc).__name__
-            if attempt == 0:
-                self.first_try_failed += 1
-            self.failures.append((time.monotonic(), reason))
-            time.sleep(min(0.1 * 2 ** attempt, 1.0))
-        self.gave_up += 1
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(60)
 
 
 def _actor(fragment: str):
@@ -74,15 +26,6 @@ def _actor(fragment: str):
     raise LookupError(fragment)
 
 
-def _wait_served(traffic: Traffic, after: int, timeout_s: float = 120) -> float:
-    started = time.monotonic()
-    while traffic.ok <= after:
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"no request served {timeout_s}s after the fault")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 @pytest.mark.parametrize("fault,target", [
     ("F1 pipeline replica killed", "#SDXLBase#"),
     ("F4 controller killed", "SERVE_CONTROLLER_ACTOR"),
@@ -92,13 +35,13 @@ def test_traffic_survives(app_url, fault, target):
     import ray
 
     with Traffic(app_url) as traffic:
-        _wait_served(traffic, 2)  # warmed up
+        traffic.wait_served(2)  # warmed up
         time.sleep(1)
         served_before = traffic.ok
         killed_at = time.monotonic()
         ray.kill(_actor(target), no_restart=False)
         time.sleep(0.2)
-        recovery_s = _wait_served(traffic, traffic.ok)
+        recovery_s = traffic.wait_served(traffic.ok)
         time.sleep(2)  # and keeps serving
     failed_after_kill = [f for f in traffic.failures if f[0] >= killed_at]
     FIGURES[fault] = {

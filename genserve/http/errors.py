@@ -65,6 +65,13 @@ async def overloaded(request: Request, exc: Exception) -> JSONResponse:
                         status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
+async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # A pipeline whose replicas cannot start (Serve gave up on its constructor): the operator
+    # must act, but the API stays up and says which deployment is down.
+    return JSONResponse({"detail": f"{getattr(exc, 'message', exc)} Retry later."},
+                        status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
 async def unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = request.headers.get("x-request-id", "-")
     log.exception("unhandled error in request %s", request_id)
@@ -96,7 +103,7 @@ def install_overload(app: FastAPI) -> None:
                                       RayServeException)
 
     app.add_exception_handler(BackPressureError, overloaded)
-    app.add_exception_handler(DeploymentUnavailableError, overloaded)
+    app.add_exception_handler(DeploymentUnavailableError, unavailable)
     app.add_exception_handler(RayActorError, replica_lost)
     app.add_exception_handler(ActorUnavailableError, replica_lost)
     app.add_exception_handler(RayServeException, serve_error)
