@@ -12,10 +12,12 @@ from genserve.http import errors
 from genserve.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, UsageLogMiddleware
 
 PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json",
-                          "/v2/health/live", "/v2/health/ready"})
+                          "/v2/health/live", "/v2/health/ready",
+                          "/"})  # the playground page
 # Stored files: their signed URL is the credential (checked by the route), so a link works in
 # a browser or another service without the API key.
-PUBLIC_GET_PREFIXES = ("/files/",)
+# The playground's page and static files hold no secret (the page asks for the key itself).
+PUBLIC_GET_PREFIXES = ("/files/", "/playground/static/")
 
 
 @asynccontextmanager

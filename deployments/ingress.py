@@ -9,12 +9,15 @@ out of the YAML has no handle here and its routes answer 404.
 # No `from __future__ import annotations`: Serve rebuilds these methods' signatures for FastAPI
 # and needs the real classes, not strings.
 
-from fastapi import Request
+from datetime import datetime
+
+from fastapi import Query, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http_app import PUBLIC_GET_PREFIXES, PUBLIC_PATHS, app
-from deployments.routes import chat, files, media, queue, sdxl, v2
+from deployments.routes import chat, files, media, playground, queue, sdxl, v2
+from deployments.routes import usage as usage_route
 from genserve.endpoints import EndpointSpec
 from genserve.errors import NotFound
 from genserve.schemas.llm import (
@@ -57,6 +60,13 @@ class Ingress:
         self.llm_name = llm_name
         # Jobs reach the workers through the store; the handle only wakes one up early.
         self.worker = worker
+        # `.options()` starts a handle's router now rather than at its first call: it learns
+        # its deployment's replicas and availability at once, so the first request to a
+        # pipeline that failed to deploy is refused (503) instead of waiting for replicas
+        # until the request times out.
+        for handle in (base, refiner, safety, llm, tts, video, mesh3d, worker):
+            if handle is not None:
+                handle.options()
         checked = Fetcher(allow_hosts=frozenset(fetch_allow_hosts or ()))
         self.files = open_file_service(files_location, ttl_s=file_url_ttl_s)
         # User URLs: our own uploads are read from storage, the rest is SSRF-checked.
@@ -195,7 +205,8 @@ class Ingress:
     # -- files ---------------------------------------------------------------------------------
 
     @app.post("/files/upload", tags=["files"],
-              summary="Upload a file (raw body); use its `url` as any input URL")
+              summary="Upload a file (raw body, or one multipart file part); use its `url` as "
+                      "any input URL")
     async def upload(self, request: Request):
         return await files.upload(self.files, request)
 
@@ -203,6 +214,41 @@ class Ingress:
              summary="Download a stored file (signed URL: no API key needed)")
     async def download(self, key: str, request: Request):
         return await files.download(self.files, key, request)
+
+    # -- playground (a web UI over the queue; not API, so not in the OpenAPI document) ---------
+
+    @app.get("/", include_in_schema=False)
+    async def playground_page(self):
+        return playground.page()
+
+    @app.get("/playground/static/{path:path}", include_in_schema=False)
+    async def playground_static(self, path: str):
+        return playground.static(path)
+
+    @app.get("/playground/endpoints", include_in_schema=False)
+    async def playground_endpoints(self) -> dict:
+        return playground.catalog(self.handles)
+
+    # -- usage log -----------------------------------------------------------------------------
+
+    @app.get("/usage", tags=["ops"],
+             summary="Usage log rows (newest first) with totals overall and per pipeline")
+    async def usage(
+            self,
+            since: datetime | None = Query(None, description="From this time (ISO 8601; "
+                                           "no offset = UTC).", examples=["2026-01-01T00:00:00Z"]),
+            until: datetime | None = Query(None, description="Before this time (ISO 8601)."),
+            endpoint: str | None = Query(None, max_length=512, examples=["/generate"],
+                                         description="Request path prefix."),
+            pipeline: str | None = Query(None, max_length=64, examples=["sdxl"],
+                                         description="Catalog endpoint that served it."),
+            status: int | None = Query(None, ge=100, le=599, description="HTTP status code."),
+            success: bool | None = Query(None, description="Only successful (true) or failed "
+                                         "(false) requests."),
+            limit: int = Query(100, ge=1, le=usage_route.MAX_ROWS,
+                               description="Rows to return (totals cover every match).")):
+        return await usage_route.query(app.state.usage, since, until, endpoint, pipeline, status,
+                                       success, limit)
 
     # -- Open Inference Protocol v2 (KServe / Triton / Inferless) -------------------------------
 

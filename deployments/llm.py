@@ -9,11 +9,13 @@ deployment without restarting it. Streaming requests decode alone and yield text
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Iterator
 
 from ray import serve
 
+from genserve import metrics
 from genserve.pipelines.llm import ChatParams, ChatResult
 
 
@@ -37,7 +39,11 @@ class LLMChat:
         self.batch_sizes.append(len(params))
         # The decode loop is blocking torch work: run it off the replica's event loop so
         # health checks and new arrivals (the next batch) are not starved.
-        return await asyncio.to_thread(self.pipeline.chat_batch, params)
+        started = time.perf_counter()
+        results = await asyncio.to_thread(self.pipeline.chat_batch, params)
+        # One series per batch: the GPU time is the batch's, however many answers it held.
+        metrics.observe_inference("chat", "LLMChat", time.perf_counter() - started)
+        return results
 
     async def chat(self, params: ChatParams) -> ChatResult:
         # Checked before joining a batch: one bad request must not fail its batch-mates.

@@ -22,9 +22,18 @@ from typing import Any
 from ray import serve
 
 from deployments.progress import stream_progress
+from genserve import metrics
 from genserve.errors import InvalidInput
 from genserve.pipelines.outputs import ImageBatch, LatentBatch
 from genserve.pipelines.params import BaseParams, RefineParams
+
+
+def _account(batch: Any, deployment: str, stage: str) -> Any:
+    """Record this stage's model time (``timings[stage]``, without time queued behind the LoRA
+    lock) and add its GPU-seconds to what the batch carries; stream items pass unchanged."""
+    if isinstance(batch, (ImageBatch, LatentBatch)) and stage in batch.timings:
+        batch.gpu_seconds += metrics.observe_inference("sdxl", deployment, batch.timings[stage])
+    return batch
 
 
 class _LoraServing:
@@ -58,6 +67,8 @@ class _LoraServing:
             raise InvalidInput(f"`adapter` {adapter!r} must also be the request's multiplexed "
                                f"model id (got {routed!r}): call this handle with "
                                f".options(multiplexed_model_id={adapter!r})", "adapter")
+        # A hit: this replica already holds it (the multiplexer returns it without loading).
+        metrics.lora_lookup(type(self).__name__, adapter in self.pipeline.loras.loaded())
         lora = await self._load_lora(self, adapter)
         # No await between the cache lookup and the pin: an eviction can only retire it.
         with lora.in_use():
@@ -79,15 +90,16 @@ class SDXLBase(_LoraServing):
         self._init_loras(lora_dir, public_lora_dir, max_loras_per_replica)
 
     async def generate(self, params: BaseParams) -> LatentBatch | ImageBatch:
-        return await self._run_with_lora(
-            params.adapter, lambda lora: self.pipeline.generate(params, lora=lora))
+        return _account(await self._run_with_lora(
+            params.adapter, lambda lora: self.pipeline.generate(params, lora=lora)),
+            "SDXLBase", "base")
 
     async def generate_stream(self, params: BaseParams) -> AsyncIterator[Any]:
         """`generate` as a stream: `Progress` per denoising step, then the batch."""
         async for item in stream_progress("base", lambda on_step: self._run_with_lora(
                 params.adapter,
                 lambda lora: self.pipeline.generate(params, on_step=on_step, lora=lora))):
-            yield item
+            yield _account(item, "SDXLBase", "base")
 
     def check_health(self) -> None:
         self.pipeline.check_health()
@@ -105,8 +117,9 @@ class SDXLRefiner(_LoraServing):
         self._init_loras(lora_dir, public_lora_dir, max_loras_per_replica)
 
     async def refine(self, batch: LatentBatch, params: RefineParams) -> ImageBatch:
-        return await self._run_with_lora(
-            params.adapter, lambda lora: self.pipeline.refine(batch, params, lora=lora))
+        return _account(await self._run_with_lora(
+            params.adapter, lambda lora: self.pipeline.refine(batch, params, lora=lora)),
+            "SDXLRefiner", "refiner")
 
     async def refine_stream(self, batch: LatentBatch, params: RefineParams
                             ) -> AsyncIterator[Any]:
@@ -114,7 +127,7 @@ class SDXLRefiner(_LoraServing):
         async for item in stream_progress("refiner", lambda on_step: self._run_with_lora(
                 params.adapter,
                 lambda lora: self.pipeline.refine(batch, params, on_step=on_step, lora=lora))):
-            yield item
+            yield _account(item, "SDXLRefiner", "refiner")
 
     def check_health(self) -> None:
         self.pipeline.check_health()
@@ -128,7 +141,7 @@ class SafetyChecker:
         self.pipeline = SafetyCheckerPipeline(model_id, revision=revision, dtype=dtype)
 
     def check(self, batch: ImageBatch) -> ImageBatch:
-        return self.pipeline.check(batch)
+        return _account(self.pipeline.check(batch), "SafetyChecker", "safety")
 
     def check_health(self) -> None:
         self.pipeline.check_health()

@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.endpoints import Handles, run_endpoint
+from genserve import metrics
 from genserve.endpoints import endpoint
 from genserve.errors import GenserveError
 from genserve.jobs.outputs import store_outputs
@@ -31,6 +32,8 @@ LOG_EVERY_S = 0.5
 # Pipelines refusing work (their bounded queues are full): wait and try again, this long.
 BACKPRESSURE_RETRY_S = 600.0
 WAKE_MIN_S = 0.02
+# How often the jobs-per-state gauge is refreshed from the database (one GROUP BY query).
+COUNT_EVERY_S = 5.0
 
 
 class _JobLog:
@@ -106,7 +109,7 @@ class JobWorker:
     # -- the loop ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        renewed = swept = 0.0
+        renewed = swept = counted = 0.0
         while True:
             try:
                 now = time.monotonic()
@@ -116,6 +119,9 @@ class JobWorker:
                 if now - swept >= 0.5:
                     await asyncio.to_thread(self.store.expire_start_deadlines)
                     swept = now
+                if now - counted >= COUNT_EVERY_S:
+                    metrics.jobs_by_state(await asyncio.to_thread(self.store.counts))
+                    counted = now
                 for kind, limit in self.limits.items():
                     free = limit - sum(1 for _, k in self.running.values() if k == kind)
                     for job in await asyncio.to_thread(self.store.claim, self.worker_id, kind,
@@ -123,6 +129,11 @@ class JobWorker:
                         task = asyncio.ensure_future(self._execute(job))
                         self.running[job.id] = (task, kind)
                         task.add_done_callback(lambda _, i=job.id: self.running.pop(i, None))
+                        if job.attempts == 1:  # a retry's started_at is its first claim's
+                            metrics.queue_wait(job.endpoint, kind,
+                                               (job.started_at or time.time()) - job.created_at)
+                    metrics.jobs_running(
+                        kind, sum(1 for _, k in self.running.values() if k == kind))
                 await self._send_webhooks()
             except RuntimeError as exc:
                 if "after shutdown" in str(exc):  # the replica is stopping
@@ -197,7 +208,9 @@ class JobWorker:
         await joblog.write(
             "completed" if end.outcome == OK else f"{end.outcome.lower()}: {end.error}",
             "INFO" if end.outcome == OK else "ERROR")
-        if not await asyncio.to_thread(self.store.finish, job.id, self.worker_id, end):
+        if await asyncio.to_thread(self.store.finish, job.id, self.worker_id, end):
+            metrics.job_finished(job.endpoint, end.outcome)
+        else:
             log.warning("job %s finished here but its lease had moved on", job.id)
 
     async def _infer(self, spec, body, joblog: _JobLog) -> dict:

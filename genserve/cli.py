@@ -1,5 +1,6 @@
 """`genserve` command line: build the tiny models, start the serving graph, and run jobs on a
-server (run, submit, status, result, cancel, upload, train, schema)."""
+server (run, submit, status, result, cancel, upload, train, schema) and read its usage log
+(usage)."""
 
 from __future__ import annotations
 

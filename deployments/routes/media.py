@@ -7,6 +7,7 @@ import random
 from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
 
+from genserve import usage
 from genserve.errors import InvalidInput
 from genserve.schemas.common import File
 
@@ -14,6 +15,12 @@ from genserve.schemas.common import File
 def file_out(media, stem: str, kind: type[File] = File) -> File:
     """A JSON `File` (or the response's subclass of it) carrying the bytes as a data URI."""
     return kind.inline(media.data, media.content_type, f"{stem}.{media.extension}")
+
+
+def noted(media):
+    """``media`` after putting its GPU-seconds in the request's usage-log row."""
+    usage.note(gpu_seconds=getattr(media, "gpu_seconds", None))
+    return media
 
 
 def binary(media, stem: str) -> Response:
@@ -26,7 +33,7 @@ def binary(media, stem: str) -> Response:
 async def speech(tts: DeploymentHandle, body):
     from genserve.schemas.tts import AudioFile, SpeechResponse
 
-    media = await tts.synthesize.remote(body.to_params())
+    media = noted(await tts.synthesize.remote(body.to_params()))
     if body.response_format == "wav":
         return binary(media, "speech")
     return SpeechResponse(audio=file_out(media, "speech", AudioFile), seed=body.seed, **media.meta)
@@ -51,7 +58,7 @@ async def fetch_image(fetcher, body):
 
 async def image_to_video(video: DeploymentHandle, fetcher, body):
     image = await fetch_image(fetcher, body)
-    media = await video.generate.remote(body.to_params(image))
+    media = noted(await video.generate.remote(body.to_params(image)))
     return _video_answer(media, body, body.seed)
 
 
@@ -67,7 +74,7 @@ async def text_to_video(base, refiner, safety, video: DeploymentHandle, body):
         height=body.height, num_inference_steps=body.image_num_inference_steps,
         guidance_scale=body.image_guidance_scale, seed=seed)
     first_frame = sdxl_images(base, refiner, safety, image_request, seed)
-    media = await video.generate_from_batch.remote(first_frame, body.to_params(None))
+    media = noted(await video.generate_from_batch.remote(first_frame, body.to_params(None)))
     return _video_answer(media, body, seed)
 
 
@@ -83,7 +90,7 @@ def _video_answer(media, body, seed: int):
 async def text_to_3d(mesh3d: DeploymentHandle, body):
     from genserve.schemas.mesh3d import MeshFile, MeshResponse
 
-    media = await mesh3d.generate.remote(body.to_params(), body.format)
+    media = noted(await mesh3d.generate.remote(body.to_params(), body.format))
     if body.response_format == "file":
         return binary(media, "mesh")
     return MeshResponse(mesh=file_out(media, "mesh", MeshFile), format=body.format, seed=body.seed,

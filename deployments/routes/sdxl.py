@@ -101,6 +101,7 @@ async def sdxl_images_with_progress(base: DeploymentHandle, refiner: DeploymentH
 async def generate(base: DeploymentHandle, refiner: DeploymentHandle,
                    safety: DeploymentHandle, body: GenerateRequest,
                    progress: Callable[[str], None] | None = None) -> GenerateResponse:
+    from genserve import repro, usage
     from genserve.images import png_data_uri
     from genserve.schemas.common import ImageOut
 
@@ -112,8 +113,13 @@ async def generate(base: DeploymentHandle, refiner: DeploymentHandle,
         batch = await sdxl_images_with_progress(base, refiner, safety, body, seed, progress)
     images = [ImageOut(url=png_data_uri(img), width=img.shape[1], height=img.shape[0])
               for img in batch.images]
+    models = batch.provenance.get("models") or [{}]
+    usage.note(pipeline="sdxl", model=models[0].get("id"),
+               lora_id=body.lora_id or body.lora_name, gpu_seconds=batch.gpu_seconds)
     return GenerateResponse(
         images=images, seed=seed, has_nsfw_concepts=batch.nsfw, mode=body.mode,
         timings={**{k: round(v, 4) for k, v in batch.timings.items()},
                  "total": round(time.perf_counter() - started, 4)},
-        prompt=body.prompt)
+        prompt=body.prompt,
+        reproducibility=repro.build("sdxl", body, seed, batch.provenance,
+                                    large=("seed_image",)))

@@ -31,6 +31,7 @@ from genserve.client._common import (
     submit_request,
     tls_verify,
     unreachable,
+    usage_params,
 )
 from genserve.client._files import (
     content_type_for,
@@ -162,6 +163,13 @@ class AsyncClient:
 
     async def result(self, request_id: str) -> dict[str, Any]:
         return read_json(await self._send("GET", request_path(request_id), idempotent=True))
+
+    async def usage(self, **filters: Any) -> dict[str, Any]:
+        """The server's usage log: ``{rows, totals, by_pipeline, filters}``. Filters:
+        ``since``/``until`` (datetime or ISO string), ``endpoint`` (path prefix), ``pipeline``,
+        ``status``, ``success``, ``limit``."""
+        return read_json(await self._send("GET", "/usage", idempotent=True,
+                                         params=usage_params(**filters)))
 
     async def cancel(self, request_id: str) -> bool:
         return read_cancel(await self._send("PUT", request_path(request_id, "/cancel"),

@@ -337,3 +337,21 @@ def retry_after_s(value: str | None) -> float | None:
 
 def unreachable(url: str, exc: httpx.TransportError) -> GenserveClientError:
     return GenserveClientError(None, f"cannot reach {url}: {type(exc).__name__}: {exc}")
+
+
+def usage_params(since: Any = None, until: Any = None, endpoint: str | None = None,
+                 pipeline: str | None = None, status: int | None = None,
+                 success: bool | None = None, limit: int | None = None) -> dict[str, str]:
+    """``GET /usage`` query parameters; datetimes as ISO 8601, unset filters left out."""
+    values = {"since": since, "until": until, "endpoint": endpoint, "pipeline": pipeline,
+              "status": status, "success": success, "limit": limit}
+    params = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if hasattr(value, "isoformat"):
+            value = value.isoformat()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        params[key] = str(value)
+    return params

@@ -31,6 +31,7 @@ from genserve.client._common import (
     submit_request,
     tls_verify,
     unreachable,
+    usage_params,
 )
 from genserve.client._files import (
     content_type_for,
@@ -172,6 +173,13 @@ class Client:
         """The output; `GenserveClientError` if the job failed, was cancelled (``job_failed``
         set) or has not finished (400), or the id is unknown (404)."""
         return read_json(self._send("GET", request_path(request_id), idempotent=True))
+
+    def usage(self, **filters: Any) -> dict[str, Any]:
+        """The server's usage log: ``{rows, totals, by_pipeline, filters}``. Filters:
+        ``since``/``until`` (datetime or ISO string), ``endpoint`` (path prefix), ``pipeline``,
+        ``status``, ``success``, ``limit``."""
+        return read_json(self._send("GET", "/usage", idempotent=True,
+                                   params=usage_params(**filters)))
 
     def cancel(self, request_id: str) -> bool:
         """True: cancellation requested; False: the job had already completed."""

@@ -1,5 +1,5 @@
 """The job commands of the `genserve` CLI (run, submit, status, result, cancel, upload,
-train, schema): a client of a running server. `genserve.cli` adds them to its parser.
+train, usage, schema): a client of a running server. `genserve.cli` adds them to its parser.
 
 Exit codes: 0 ok; 1 the job failed or was cancelled (or the server failed / could not be
 reached); 2 usage errors and 4xx answers, with the server's message on stderr.
@@ -206,6 +206,49 @@ def cmd_schema(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_moment(text: str) -> str:
+    """``--since``/``--until``: an ISO 8601 time, or a duration back from now (``90s``,
+    ``15m``, ``2h``, ``7d``) → ISO 8601 in UTC.
+
+    >>> parse_moment("2026-01-02T03:04:05Z")
+    '2026-01-02T03:04:05+00:00'
+    """
+    from datetime import datetime, timedelta, timezone
+
+    unit = _UNITS.get(text[-1:].lower())
+    if unit is not None and text[:-1].replace(".", "", 1).isdigit():
+        moment = datetime.now(timezone.utc) - timedelta(seconds=float(text[:-1]) * unit)
+        return moment.isoformat()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time or a duration like 15m, 2h, 7d; got {text!r}") from None
+
+
+def cmd_usage(ns: argparse.Namespace) -> int:
+    with _client(ns) as client:
+        data = client.usage(since=ns.since, until=ns.until, endpoint=ns.endpoint,
+                            pipeline=ns.pipeline, status=ns.status, limit=ns.limit)
+    if ns.json:
+        print(json.dumps(data, indent=2, default=str))
+        return EXIT_OK
+    print(f"{'pipeline':16s} {'requests':>8s} {'errors':>6s} {'mean s':>8s} {'GPU-s':>9s}")
+    for name, agg in {**data["by_pipeline"], "(all)": data["totals"]}.items():
+        mean = "-" if agg["mean_latency_s"] is None else f"{agg['mean_latency_s']:.3f}"
+        gpu = "-" if agg["gpu_seconds"] is None else f"{agg['gpu_seconds']:.3f}"
+        print(f"{name:16s} {agg['requests']:8d} {agg['errors']:6d} {mean:>8s} {gpu:>9s}")
+    if data["rows"]:
+        print()
+    for row in data["rows"]:
+        print(f"{row['started_at']}  {row['status_code']}  {row['method']:6s} "
+              f"{row['endpoint']}  {row['latency_s']:.3f}s  {row.get('pipeline') or '-'}")
+    return EXIT_OK
+
+
 def _guarded(command):
     """Map a job command's errors to exit codes: 1 the job (or the server) failed, 2 a bad
     call (usage, a 4xx answer); the server's message goes to stderr."""
@@ -285,6 +328,18 @@ def add_job_commands(sub, conn: argparse.ArgumentParser) -> None:
     p.add_argument("--photo-class", help="Man, Woman, Person, Boy, Girl or Baby")
     p.add_argument("--steps", type=int, help="max_train_steps")
     p.set_defaults(func=_guarded(cmd_train))
+
+    p = sub.add_parser("usage", parents=[conn],
+                       help="the server's usage log: totals per pipeline and recent requests")
+    p.add_argument("--since", type=parse_moment, help="ISO 8601 time or a duration back "
+                   "from now (15m, 2h, 7d)")
+    p.add_argument("--until", type=parse_moment, help="as --since")
+    p.add_argument("--endpoint", help="request path prefix, e.g. /generate")
+    p.add_argument("--pipeline", help="e.g. sdxl, chat, tts")
+    p.add_argument("--status", type=int, help="HTTP status code")
+    p.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    p.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    p.set_defaults(func=_guarded(cmd_usage))
 
     p = sub.add_parser("schema", help="an endpoint's input schema (INPUT_SCHEMA = {...})")
     p.add_argument("endpoint")

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 
 import anyio
 
-from genserve.usage import UsageRecord
+from genserve import metrics
+from genserve.usage import UsageNote, UsageRecord, current_note, pipeline_for_path
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
@@ -107,7 +108,9 @@ class ApiKeyMiddleware:
 
 class UsageLogMiddleware:
     """Records every request (book's fields: request id, time, endpoint, client, latency,
-    status) in ``state.usage`` after the response has been sent."""
+    status, plus the pipeline, model, LoRA and GPU-seconds a route notes in
+    `genserve.usage.current_note`) in ``state.usage`` after the response has been sent, and
+    its latency in the ``genserve_http_request_seconds`` metric."""
 
     def __init__(self, app):
         self.app = app
@@ -118,6 +121,8 @@ class UsageLogMiddleware:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         status = 500
+        usage_note = UsageNote(pipeline=pipeline_for_path(scope["path"]))
+        token = current_note.set(usage_note)
 
         async def recording_send(message):
             nonlocal status
@@ -128,6 +133,9 @@ class UsageLogMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            current_note.reset(token)
+            latency = time.perf_counter() - t0
+            metrics.http_request(usage_note.pipeline, status, latency)
             headers = dict(scope["headers"])
             # Ray Serve's proxy puts its request id on the request; clients may send their own,
             # so keep it to safe characters before it reaches the database.
@@ -137,7 +145,11 @@ class UsageLogMiddleware:
                 request_id=request_id or "-", started_at=started_at,
                 method=scope["method"], endpoint=scope["path"][:512],
                 client=client[0] if client else None,
-                latency_s=round(time.perf_counter() - t0, 6), status_code=status)
+                latency_s=round(latency, 6), status_code=status,
+                pipeline=usage_note.pipeline, model=usage_note.model,
+                lora_id=usage_note.lora_id,
+                gpu_seconds=None if usage_note.gpu_seconds is None
+                else round(usage_note.gpu_seconds, 6))
             try:
                 await anyio.to_thread.run_sync(scope["app"].state.usage.record, record)
             except Exception:  # the log must never turn a served request into an error

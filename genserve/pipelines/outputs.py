@@ -23,6 +23,10 @@ class LatentBatch:
     height: int
     width: int
     timings: dict[str, float] = field(default_factory=dict)
+    # Where it came from (models, scheduler, placement; see `genserve.repro`) and what it cost
+    # so far: each stage adds its own, the ingress turns them into the response's record.
+    provenance: dict = field(default_factory=dict)
+    gpu_seconds: float = 0.0
 
 
 @dataclass
@@ -32,11 +36,22 @@ class ImageBatch:
     images: list[np.ndarray]
     timings: dict[str, float] = field(default_factory=dict)
     nsfw: list[bool] | None = None  # None: the safety filter did not run
+    provenance: dict = field(default_factory=dict)  # as in `LatentBatch`
+    gpu_seconds: float = 0.0
 
     @property
     def size(self) -> tuple[int, int]:
         height, width = self.images[0].shape[:2]
         return width, height
+
+
+def add_provenance(upstream: dict, models: list[dict], **fields) -> dict:
+    """``upstream``'s provenance with this stage's ``models`` appended and ``fields`` set
+    where the upstream stage left them unset (the first stage's scheduler is the record's)."""
+    merged = {**upstream, "models": [*upstream.get("models", []), *models]}
+    for key, value in fields.items():
+        merged.setdefault(key, value)
+    return merged
 
 
 def step_callback(on_step):

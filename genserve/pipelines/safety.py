@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from genserve.pipelines.loading import HealthState, Placement
-from genserve.pipelines.outputs import ImageBatch
+from genserve.pipelines.outputs import ImageBatch, add_provenance
+from genserve.repro import model_source
 
 
 class SafetyCheckerPipeline:
@@ -25,6 +26,7 @@ class SafetyCheckerPipeline:
         from transformers import CLIPImageProcessor
 
         self.placement = Placement.resolve(device, dtype)
+        self.sources = [model_source("safety", model_id, revision)]  # once per load
         kwargs = {"dtype": self.placement.dtype, "use_safetensors": True}
         if revision:
             kwargs["revision"] = revision
@@ -53,4 +55,5 @@ class SafetyCheckerPipeline:
         images = [np.zeros_like(img) if flagged else img
                   for img, flagged in zip(batch.images, flags)]
         return ImageBatch(images, {**batch.timings, "safety": time.perf_counter() - started},
-                          nsfw=flags)
+                          nsfw=flags, provenance=add_provenance(batch.provenance, self.sources),
+                          gpu_seconds=batch.gpu_seconds)

@@ -18,9 +18,16 @@ from PIL import Image
 from genserve.device import cpu_generator
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
 from genserve.pipelines.lora import BASE_ADAPTERS, BASE_TOKENS, LoadedLora, LoraHost
-from genserve.pipelines.outputs import ImageBatch, LatentBatch, step_callback, to_uint8
+from genserve.pipelines.outputs import (
+    ImageBatch,
+    LatentBatch,
+    add_provenance,
+    step_callback,
+    to_uint8,
+)
 from genserve.pipelines.params import BaseParams
 from genserve.pipelines.schedulers import make_scheduler
+from genserve.repro import library_versions, model_source, placement_record, scheduler_record
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +48,19 @@ class SDXLBasePipeline:
         self.model_id = model_id
         started = time.perf_counter()
         kwargs = self.placement.from_pretrained_kwargs(revision)
+        # Reproducibility: where the weights came from, worked out once per load.
+        self.sources = [model_source("base", model_id, revision)]
         if vae_id and self.placement.dtype == torch.float16:
             # SDXL's own VAE overflows in fp16 (NaN → black images); the fp16-fix VAE does not.
             kwargs["vae"] = AutoencoderKL.from_pretrained(
                 vae_id, dtype=self.placement.dtype, use_safetensors=True)
+            self.sources.append(model_source("vae", vae_id))
         pipe = StableDiffusionXLPipeline.from_pretrained(model_id, add_watermarker=False, **kwargs)
         pipe.to(self.placement.device)
         pipe.set_progress_bar_config(disable=True)
         self._components = pipe.components
         self._scheduler_config = dict(pipe.scheduler.config)
+        self._scheduler_records: dict[tuple[str, str], dict] = {}
         self.loras = LoraHost(self._components, adapters=BASE_ADAPTERS, tokens=BASE_TOKENS)
         self.health = HealthState()
         self.load_seconds = time.perf_counter() - started
@@ -59,6 +70,20 @@ class SDXLBasePipeline:
     def check_health(self) -> None:
         self.health.raise_if_broken()
         probe_vae(self._components["vae"], self.placement)
+
+    def scheduler_record(self, name: str, timestep_spacing: str) -> dict:
+        """The scheduler a request with these settings runs, for its reproducibility record
+        (built once per setting: a config copy, no weights)."""
+        key = (name, timestep_spacing)
+        if key not in self._scheduler_records:
+            self._scheduler_records[key] = scheduler_record(
+                name, make_scheduler(name, timestep_spacing, self._scheduler_config))
+        return self._scheduler_records[key]
+
+    def provenance(self, p: BaseParams) -> dict:
+        return add_provenance({}, self.sources,
+                              scheduler=self.scheduler_record(p.scheduler, p.timestep_spacing),
+                              versions=library_versions(), **placement_record(self.placement))
 
     def generate(self, p: BaseParams, on_step=None,
                  lora: LoadedLora | None = None) -> LatentBatch | ImageBatch:
@@ -71,8 +96,9 @@ class SDXLBasePipeline:
             result = self._run(p, on_step, rewrite)
             timings = {"base": time.perf_counter() - started}
         if p.output == "latent":
-            return LatentBatch(result.float().cpu(), p.height, p.width, timings)
-        return ImageBatch(to_uint8(result), timings)
+            return LatentBatch(result.float().cpu(), p.height, p.width, timings,
+                               provenance=self.provenance(p))
+        return ImageBatch(to_uint8(result), timings, provenance=self.provenance(p))
 
     def _run(self, p: BaseParams, on_step, rewrite):
         from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline

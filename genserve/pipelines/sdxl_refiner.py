@@ -12,9 +12,16 @@ import torch
 from genserve.device import cpu_generator
 from genserve.pipelines.loading import HealthState, Placement, probe_vae
 from genserve.pipelines.lora import REFINER_TOKENS, LoadedLora, LoraHost
-from genserve.pipelines.outputs import ImageBatch, LatentBatch, step_callback, to_uint8
+from genserve.pipelines.outputs import (
+    ImageBatch,
+    LatentBatch,
+    add_provenance,
+    step_callback,
+    to_uint8,
+)
 from genserve.pipelines.params import RefineParams
 from genserve.pipelines.schedulers import make_scheduler
+from genserve.repro import model_source
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +37,11 @@ class SDXLRefinerPipeline:
         self.model_id = model_id
         started = time.perf_counter()
         kwargs = self.placement.from_pretrained_kwargs(revision)
+        self.sources = [model_source("refiner", model_id, revision)]  # once per load
         if vae_id and self.placement.dtype == torch.float16:
             kwargs["vae"] = AutoencoderKL.from_pretrained(
                 vae_id, dtype=self.placement.dtype, use_safetensors=True)
+            self.sources.append(model_source("refiner_vae", vae_id))
         pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
             model_id, add_watermarker=False, **kwargs)
         pipe.to(self.placement.device)
@@ -57,7 +66,9 @@ class SDXLRefinerPipeline:
             started = time.perf_counter()  # model time, not time queued behind the lock
             images = self._run(batch, p, on_step, rewrite)
             seconds = time.perf_counter() - started
-        return ImageBatch(to_uint8(images), {**batch.timings, "refiner": seconds})
+        return ImageBatch(to_uint8(images), {**batch.timings, "refiner": seconds},
+                          provenance=add_provenance(batch.provenance, self.sources),
+                          gpu_seconds=batch.gpu_seconds)
 
     def _run(self, batch: LatentBatch, p: RefineParams, on_step, rewrite):
         from diffusers import StableDiffusionXLImg2ImgPipeline

@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from genserve.images import MAX_ENCODED_BYTES, ImageDecodeError, decode_base64_image
 from genserve.lora_format import LORA_ID_PATTERN
+from genserve.repro import Reproducibility
 from genserve.schemas.common import FieldError, ImageOut, StrictModel
 
 SchedulerName = Literal["DDIM", "K_EULER", "EulerA", "DPMSolverMultistep", "KarrasDPM", "PNDM",
@@ -208,3 +209,7 @@ class GenerateResponse(StrictModel):
     timings: dict[str, float] = Field(
         description="Seconds per stage (base, refiner, safety) and `total` at the ingress.")
     prompt: str = Field(description="The prompt, echoed.")
+    reproducibility: Reproducibility | None = Field(
+        None, description="How this result was made: model ids and revisions, scheduler and "
+        "its config, seed, every request parameter, library versions. Send `parameters` back "
+        "to regenerate the same images (same weights, versions and device type).")
