@@ -85,6 +85,7 @@ JOBS_END_S = 180
 
 OPERATIONS = [
     "GET /healthz",
+    "GET /usage",
     "POST /generate",
     "POST /v1/chat",
     "POST /v1/chat/completions",

@@ -31,18 +31,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 DRIVER = ROOT / "tests" / "scripts" / "multinode_app.py"
 WORKER_GPUS = 2  # logical: the driver's replicas take 0.5 each, at most 3 of them
 START_TIMEOUT_S = 60
 DRIVER_TIMEOUT_S = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -119,8 +115,8 @@ def cluster() -> Iterator[Cluster]:
     # Ray rewrites a bootstrap address of 127.0.0.1 to the host's outward IP
     # (resolve_ip_for_localhost); any other 127/8 address is loopback all the same and is
     # left alone, so the driver and the second node reach the GCS over `lo` only.
-    gcs = f"127.0.0.2:{_free_port()}"
-    dashboard = f"127.0.0.1:{_free_port()}"
+    gcs = f"127.0.0.2:{free_port()}"
+    dashboard = f"127.0.0.1:{free_port()}"
     # Nothing from the pytest process's own Ray session leaks in: no RAY_* variables but
     # the ones set here, token auth on with this cluster's own token.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -143,12 +139,12 @@ def cluster() -> Iterator[Cluster]:
               # The head: CPUs for the proxy, controller and ingress; no GPU at all.
               "--num-cpus=2", "--num-gpus=0", '--resources={"head_node": 1}',
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard.split(':')[1]}",
-              f"--ray-client-server-port={_free_port()}",
-              f"--dashboard-agent-listen-port={_free_port()}")
+              f"--ray-client-server-port={free_port()}",
+              f"--dashboard-agent-listen-port={free_port()}")
         start("worker", f"--address={gcs}",
               # The GPU worker: its own logical GPUs, one CPU for the replica processes.
               "--num-cpus=1", f"--num-gpus={WORKER_GPUS}",
-              f"--dashboard-agent-listen-port={_free_port()}")
+              f"--dashboard-agent-listen-port={free_port()}")
         yield Cluster(gcs=gcs, dashboard=dashboard, temp_dir=temp_dir, env=env, token=token)
     finally:
         forced = _stop(procs, temp_dir)
@@ -177,7 +173,7 @@ def test_token_auth_guards_the_test_cluster(cluster):
 
 def test_gpu_replicas_on_worker_http_through_head_autoscaling(cluster):
     out = cluster.temp_dir / "result.json"
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, str(DRIVER), f"--port={port}", f"--dashboard={cluster.dashboard}",
