@@ -83,8 +83,7 @@ def faults(fault_state):
 
 @pytest.fixture(scope="module")
 def base_app(serve_url, models, faults, fault_state):
-    # Two replicas of every deployment on the path: what zero-downtime redeploys need (F7).
-    _deploy(graph(models, faults, fault_state, replicas=2, others=2))
+    _deploy(graph(models, faults, fault_state, replicas=2))
     _warm(serve_url)
     return serve_url
 
@@ -187,11 +186,13 @@ def test_l1_steady_load_at_80_percent_of_capacity(base_app, soak_s):
     with httpx.Client(base_url=base_app, timeout=60,
                       headers={"Authorization": f"Key {API_KEY}"}) as c:
         single = []
-        for _ in range(8):
+        for _ in range(20):
             t0 = time.monotonic()
             assert c.post("/generate", json=tiny_request(num_inference_steps=2)).status_code == 200
             single.append(time.monotonic() - t0)
-    single_s = sorted(single)[len(single) // 2]
+    # A single request's latency, alone on the box: its p90 over 20 (the median of so few is
+    # at the mercy of the 2 cores' other work; the p99 is just the worst one).
+    single_s = sorted(single)[int(0.9 * len(single))]
     with Traffic(base_app, clients=4, retry=False) as probe:
         time.sleep(8)
     capacity = probe.ok / 8
@@ -216,8 +217,11 @@ def test_l1_steady_load_at_80_percent_of_capacity(base_app, soak_s):
 def test_f7_redeploy_under_load_has_no_5xx(base_app, models, faults, fault_state):
     """A new version of the app (a changed argument: Serve restarts every deployment of it)
     rolled out under traffic. Serve stops an old replica before its replacement is up, so a
-    deployment with one replica has a gap; two replicas of each (``base_app``) keep the path
-    served throughout."""
+    deployment with one replica has a gap; two replicas of each keep the path served
+    throughout."""
+    # Two replicas of every deployment on the path: what zero-downtime redeploys need.
+    _deploy(graph(models, faults, fault_state, replicas=2, others=2, version="v1-ha"))
+    _warm(base_app)
     before = {d: _replica_ids(APP, d) for d in ("Ingress", "SDXLBase", "SafetyChecker")}
     with Traffic(base_app, clients=2, retry=False) as traffic:
         traffic.wait_served(traffic.ok + 2)
