@@ -37,7 +37,8 @@ class Traffic:
         self.lock = threading.Lock()
         self.outcomes: list[Outcome] = []
         self.failures: list[tuple[float, str]] = []  # every failed attempt: (when, reason)
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(clients)]
 
     # Figures ------------------------------------------------------------------------------
     @property
@@ -70,10 +71,12 @@ class Traffic:
         return statistics.median(o.latency_s for o in self.outcomes)
 
     # Running ------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         with httpx.Client(base_url=self.url, timeout=60,
                           headers={"Authorization": f"Key {API_KEY}"}) as client:
-            next_at = time.monotonic()
+            # Paced clients start a share of the interval apart: arrivals evenly spaced, not
+            # all clients' requests landing together as bursts.
+            next_at = time.monotonic() + index * self.interval / len(self.threads)
             while not self.stop.is_set():
                 if self.interval:
                     delay = next_at - time.monotonic()

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import API_KEY, free_port
 
 REQUEST_TIMEOUT_S = 6.0
+PUSH_INTERVALS = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
 
 
 @pytest.fixture(scope="package")
@@ -25,6 +27,11 @@ def serve_url(tiny_models):
 
     assert not ray.is_initialized(), "tests/reliability needs its own cluster: run it first"
     os.environ["GENSERVE_API_KEY"] = API_KEY
+    # Autoscaling metrics pushed every 0.5 s instead of 10 (Ray's replacement for the
+    # deprecated `metrics_interval_s`): L4 sees load within a second. Replicas inherit the
+    # driver's environment on a local cluster; restored so the session cluster gets defaults.
+    saved = {k: os.environ.get(k) for k in PUSH_INTERVALS}
+    os.environ.update(PUSH_INTERVALS)
     # Logical resources (the box has 2 cores): room for the rollout and autoscaling cases'
     # extra replicas and for F6's two extra apps next to the main one.
     ray.init(address="local", num_cpus=16, num_gpus=3, include_dashboard=False,
@@ -35,6 +42,11 @@ def serve_url(tiny_models):
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     time.sleep(1)  # let the raylet's ports go before the session cluster starts
 
 

@@ -179,20 +179,23 @@ def _process_rss(app: str) -> int:
     return total
 
 
+def _alone(url: str, n: int = 20) -> list[float]:
+    """Latencies of ``n`` requests sent one at a time, nothing else in flight."""
+    latencies = []
+    with httpx.Client(base_url=url, timeout=60,
+                      headers={"Authorization": f"Key {API_KEY}"}) as c:
+        for _ in range(n):
+            t0 = time.monotonic()
+            assert c.post("/generate", json=tiny_request(num_inference_steps=2)).status_code == 200
+            latencies.append(time.monotonic() - t0)
+    return latencies
+
+
 # RELIABILITY.md's 60 s in every run; the 10-minute soak with `pytest -m slow tests/reliability`.
 @pytest.mark.parametrize("soak_s", [
     60, pytest.param(600, marks=[pytest.mark.slow, pytest.mark.timeout(900)])])
 def test_l1_steady_load_at_80_percent_of_capacity(base_app, soak_s):
-    with httpx.Client(base_url=base_app, timeout=60,
-                      headers={"Authorization": f"Key {API_KEY}"}) as c:
-        single = []
-        for _ in range(20):
-            t0 = time.monotonic()
-            assert c.post("/generate", json=tiny_request(num_inference_steps=2)).status_code == 200
-            single.append(time.monotonic() - t0)
-    # A single request's latency, alone on the box: its p90 over 20 (the median of so few is
-    # at the mercy of the 2 cores' other work; the p99 is just the worst one).
-    single_s = sorted(single)[int(0.9 * len(single))]
+    before = _alone(base_app)
     with Traffic(base_app, clients=4, retry=False) as probe:
         time.sleep(8)
     capacity = probe.ok / 8
@@ -201,9 +204,15 @@ def test_l1_steady_load_at_80_percent_of_capacity(base_app, soak_s):
     with Traffic(base_app, clients=4, retry=False, rate_per_s=rate) as steady:
         time.sleep(soak_s)
     rss_end = _process_rss(APP)
+    # A single request's latency on this box, sampled before and after the soak (a shared
+    # 2-core VM has slow spells of seconds; one short sample before would miss them): the
+    # p90 of the 40, since the median of so few is at the mercy of the cores' other work.
+    single = sorted(before + _alone(base_app))
+    single_s = single[int(0.9 * len(single))]
     p50, p99 = steady.latency(0.5), steady.latency(0.99)
     growth = rss_end / rss_start - 1
-    _record("L1 steady 80 %", duration_s=soak_s, single_request_s=round(single_s, 3),
+    _record("L1 steady 80 %", duration_s=soak_s, single_request_p90_s=round(single_s, 3),
+            single_request_p50_s=round(single[len(single) // 2], 3),
             capacity_rps=round(capacity, 1), offered_rps=round(rate, 1),
             served_rps=round(steady.ok / soak_s, 1), requests=steady.sent,
             statuses=steady.statuses(), p50_s=round(p50, 3), p99_s=round(p99, 3),
@@ -241,7 +250,10 @@ def test_f7_redeploy_under_load_has_no_5xx(base_app, models, faults, fault_state
 
 def test_l4_autoscaling_ramp_up_and_down(base_app, models, faults, fault_state):
     autoscaling = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
-                   "upscale_delay_s": 1, "downscale_delay_s": 3, "look_back_period_s": 2}
+                   "upscale_delay_s": 1, "downscale_delay_s": 3,
+                   # Ray wants the window longer than `metrics_interval_s` (10 s by default;
+                   # the pushes themselves are every 0.5 s here, see conftest).
+                   "look_back_period_s": 10.5}
     _deploy(graph(models, faults, fault_state, autoscaling=autoscaling, version="v3"))
     _until(lambda: _running(APP) == 1, 60, "one replica at rest")
     timeline = []
