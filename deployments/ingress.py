@@ -69,6 +69,7 @@ class Ingress:
                 handle.options()
         checked = Fetcher(allow_hosts=frozenset(fetch_allow_hosts or ()))
         self.files = open_file_service(files_location, ttl_s=file_url_ttl_s)
+        self.files_origin = self.files.download_origin()  # the playground's CSP allows it
         # User URLs: our own uploads are read from storage, the rest is SSRF-checked.
         self.fetcher = FileFetcher(self.files, checked)
         self.handles = Handles(base, refiner, safety, llm, tts, video, mesh3d, llm_name,
@@ -219,11 +220,11 @@ class Ingress:
 
     @app.get("/", include_in_schema=False)
     async def playground_page(self):
-        return playground.page()
+        return playground.page(self.files_origin)
 
     @app.get("/playground/static/{path:path}", include_in_schema=False)
     async def playground_static(self, path: str):
-        return playground.static(path)
+        return playground.static(path, self.files_origin)
 
     @app.get("/playground/endpoints", include_in_schema=False)
     async def playground_endpoints(self) -> dict:

@@ -9,7 +9,9 @@ OpenAPI document: they are a UI, not API.
 
 Everything the page runs comes from this server: the Content-Security-Policy allows our own
 origin only, plus the hash of the page's one inline script, its import map (browsers read
-import maps only inline).
+import maps only inline). The one other origin is where results live when storage is S3: its
+presigned URLs are allowed as images, media and fetches (the 3D viewer fetches its mesh, which
+needs the bucket's CORS rules to allow this server's origin).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
                  ".txt": "text/plain; charset=utf-8"}
 _INLINE_SCRIPT = re.compile(r"<script type=\"importmap\">(.*?)</script>", re.S)
-# Outputs are same-origin signed `/files/` URLs, or `data:` URIs with `sync_mode`; blob: is
-# what three.js's loaders use for embedded textures.
+# Outputs are same-origin signed `/files/` URLs, S3 presigned URLs ({files}), or `data:` URIs
+# with `sync_mode`; blob: is what three.js's loaders use for embedded textures.
 _CSP = ("default-src 'self'; script-src 'self' {hashes}; style-src 'self'; "
-        "img-src 'self' data: blob:; media-src 'self' data: blob:; connect-src 'self'; "
+        "img-src 'self' data: blob:{files}; media-src 'self' data: blob:{files}; "
+        "connect-src 'self'{files}; "
         "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             # Our own files change with the code; revalidating each time costs little here.
@@ -44,22 +47,28 @@ _HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer
 
 
 @cache
-def _page() -> tuple[bytes, str]:
-    """The page and its Content-Security-Policy (read once per replica)."""
+def _page(files_origin: str | None) -> tuple[bytes, str]:
+    """The page and its Content-Security-Policy (read once per replica). ``files_origin``:
+    where result files are downloaded from when not from this server (S3)."""
     html = (STATIC_DIR / "index.html").read_text()
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
         for m in _INLINE_SCRIPT.findall(html))
-    return html.encode(), _CSP.format(hashes=hashes)
+    return html.encode(), _CSP.format(hashes=hashes,
+                                      files=f" {files_origin}" if files_origin else "")
 
 
-def page() -> Response:
-    html, csp = _page()
+def csp(files_origin: str | None = None) -> str:
+    return _page(files_origin)[1]
+
+
+def page(files_origin: str | None = None) -> Response:
+    html, policy = _page(files_origin)
     return Response(html, media_type=CONTENT_TYPES[".html"],
-                    headers={**_HEADERS, "Content-Security-Policy": csp})
+                    headers={**_HEADERS, "Content-Security-Policy": policy})
 
 
-def static(path: str) -> Response:
+def static(path: str, files_origin: str | None = None) -> Response:
     """A file under STATIC_DIR with an allowed suffix; 404 for anything else (including a path
     that climbs out of the directory)."""
     target = (STATIC_DIR / path).resolve()
@@ -67,7 +76,7 @@ def static(path: str) -> Response:
             or not target.is_file():
         raise NotFound(f"no playground file {path[:200]!r}", field="path")
     return Response(target.read_bytes(), media_type=CONTENT_TYPES[target.suffix],
-                    headers={**_HEADERS, "Content-Security-Policy": _page()[1]})
+                    headers={**_HEADERS, "Content-Security-Policy": csp(files_origin)})
 
 
 @cache

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from genserve.errors import GenserveError, InvalidInput, NotFound
 from genserve.fetch import Fetcher
@@ -79,6 +80,17 @@ class FileService:
         self.upload_ttl_s = upload_ttl_s
         self._local = LocalUrls(secret)
         self._s3 = S3Urls(storage) if isinstance(storage, S3Storage) else None
+
+    def download_origin(self) -> str | None:
+        """Where download URLs point when it is not this server: the S3 endpoint's origin
+        (``scheme://host[:port]``), which a web page showing results must allow. None when
+        downloads go through our own `/files/` route."""
+        if self._s3 is None:
+            return None
+        # boto3 builds the URL offline; a probe key gives the host it uses for every key
+        # (virtual-hosted or path style, custom endpoint or not).
+        url = urlsplit(self.storage.presigned_url("origin-probe", 60))
+        return f"{url.scheme}://{url.netloc.rpartition('@')[2]}"
 
     # -- uploads and URLs ----------------------------------------------------------------------
 
