@@ -17,23 +17,22 @@ LLM's batch sizes as run (`LLMChat.batch_stats`), and batch N's ratios to batch 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    RESULTS_DIR,
     TINY_DIR,
+    cli,
     closed_loop,
     deployed,
     ratio,
     replica_options,
     serving,
     stats,
+    write_results,
 )
 
-RESULTS = RESULTS_DIR / "batching.json"
 PATHS = ("llm", "tts")
 BATCH = {"llm": 8, "tts": 4}  # serve_config.yaml's user_config max_batch_size
 WAIT_S = 0.05                 # and its batch_wait_timeout_s
@@ -122,18 +121,14 @@ def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli("batching", __doc__)
     parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients")
     parser.add_argument("--requests", type=int, default=80, help="timed requests per setting")
     parser.add_argument("--warmup", type=int, default=8, help="untimed requests per setting")
     parser.add_argument("--tokens", type=int, default=32, help="LLM new tokens per answer")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from bench.common import write_results
-
     with serving():
         figures = measure(clients=args.clients, requests=args.requests, warmup=args.warmup,
                           tokens=args.tokens, threads=args.threads, paths=tuple(args.paths))

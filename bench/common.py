@@ -30,6 +30,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cli(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``python -m bench.<module>``, its docstring as the help,
+    and ``--out`` (default ``bench/results/<module>.json``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{module}.json",
+                        help="where the JSON results go")
+    return parser
+
+
 def write_results(out: Path, args: argparse.Namespace, figures: dict[str, Any]) -> Path:
     import ray
 

@@ -18,7 +18,6 @@ short warm-up; throughput and p50/p99 latency, and Serve's ratios to plain.
 # No `from __future__ import annotations`: Serve rebuilds the ingress route's signature for
 # FastAPI and needs the real classes, not strings (as in deployments/ingress.py).
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -34,9 +33,9 @@ from fastapi import FastAPI
 from ray import serve
 
 from bench.common import (
-    RESULTS_DIR,
     ROOT,
     TINY_DIR,
+    cli,
     closed_loop,
     deployed,
     free_port,
@@ -44,10 +43,10 @@ from bench.common import (
     replica_options,
     serving,
     stats,
+    write_results,
 )
 from genserve.schemas.sdxl import GenerateRequest, GenerateResponse
 
-RESULTS = RESULTS_DIR / "fastapi_vs_serve.json"
 APP = "bench-fastapi-vs-serve"
 BODY = {"prompt": "a cat with a hat", "width": 64, "height": 64, "num_inference_steps": 2,
         "is_ensemble": True, "refiner_ratio": 0.5, "seed": 1}
@@ -179,17 +178,12 @@ def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.fastapi_vs_serve",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli("fastapi_vs_serve", __doc__)
     parser.add_argument("--requests", type=int, default=40, help="timed requests per level")
     parser.add_argument("--warmup", type=int, default=4, help="untimed requests per level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from bench.common import write_results
-
     with serving() as url:
         figures = measure(url, requests=args.requests, warmup=args.warmup,
                           concurrency=args.concurrency, threads=args.threads)

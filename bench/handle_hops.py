@@ -31,17 +31,17 @@ from typing import Any
 from ray import serve
 
 from bench.common import (
-    RESULTS_DIR,
     TINY_DIR,
+    cli,
     deployed,
     ratio,
     replica_options,
     serving,
     stats,
     timed,
+    write_results,
 )
 
-RESULTS = RESULTS_DIR / "handle_hops.json"
 APP = "bench-hops"
 REAL_BODY = {"prompt": "a cat with a hat", "width": 64, "height": 64, "num_inference_steps": 2,
              "is_ensemble": True, "refiner_ratio": 0.5, "safety_filter": False, "seed": 1}
@@ -189,8 +189,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.handle_hops", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli("handle_hops", __doc__)
     parser.add_argument("-n", type=int, default=50, help="timed requests per layout")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--stage-ms", type=float, default=25.0, help="each stage's cost")
@@ -198,10 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     parser.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the tiny SDXL base → refiner graph")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from bench.common import write_results
-
     with serving() as url:
         figures = measure(url, n=args.n, warmup=args.warmup, stage_ms=args.stage_ms,
                           payload_kb=args.payload_kb, threads=args.threads, real=args.real)

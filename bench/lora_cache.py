@@ -16,7 +16,6 @@ request evicts one and loads one (the LRU's worst case).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -24,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, serve_url, shared_cluster, write_results
+from bench.common import cli, free_port, serve_url, shared_cluster, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "lora_cache.json"
 TINY_DIR = Path(os.environ.get("GENSERVE_TINY_DIR", ROOT / ".cache" / "tiny-models"))
 SDXL_DEPLOYMENTS = ("Ingress", "SDXLBase", "SDXLRefiner", "SafetyChecker")
 KEY = "bench-key-0123456789"
@@ -108,13 +106,12 @@ def measure(url: str, ids: list[str], *, cache: int, hits: int, size: int, steps
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.lora_cache", description=__doc__)
+    parser = cli("lora_cache", __doc__)
     parser.add_argument("--loras", type=int, default=6, help="LoRAs written (> --cache)")
     parser.add_argument("--cache", type=int, default=4, help="max_loras_per_replica")
     parser.add_argument("--hits", type=int, default=5, help="repeats per loaded LoRA")
     parser.add_argument("--size", type=int, default=64, help="image side, pixels")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.loras <= args.cache:
         parser.error("--loras must exceed --cache (the churn phase needs evictions)")

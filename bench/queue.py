@@ -15,7 +15,6 @@ times over real HTTP, in one run:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -23,10 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, serve_url, shared_cluster, write_results
+from bench.common import cli, free_port, serve_url, shared_cluster, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "queue.json"
 KEY = "bench-key-0123456789"
 DEPLOYMENTS = ("Ingress", "JobWorker", "SDXLBase", "SDXLRefiner", "SafetyChecker")
 
@@ -131,11 +128,10 @@ def _wait_all(client, ids: list[str], timeout_s: float = 600) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.queue", description=__doc__)
+    parser = cli("queue", __doc__)
     parser.add_argument("-n", type=int, default=20, help="sequential requests per path")
     parser.add_argument("--burst", type=int, default=100, help="jobs submitted at once")
     parser.add_argument("--concurrency", type=int, default=16, help="submitting threads")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import tempfile
 

@@ -19,7 +19,6 @@ in-process median (the model time): p50 against p50, p99 against p99.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from typing import Any
 from ray import serve
 
 from bench.common import (
-    RESULTS_DIR,
     TINY_DIR,
+    cli,
     deployed,
     ratio,
     replica_options,
@@ -36,9 +35,9 @@ from bench.common import (
     stats,
     timed,
     torch_threads,
+    write_results,
 )
 
-RESULTS = RESULTS_DIR / "serve_overhead.json"
 MODELS = ("sdxl", "sleep", "spin")
 PROMPT = "a cat with a hat"
 
@@ -173,8 +172,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.serve_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli("serve_overhead", __doc__)
     parser.add_argument("-n", type=int, default=60, help="timed requests per path and model")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--work-ms", type=float, default=50.0, help="stand-ins' cost")
@@ -183,10 +181,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, in-process and per model replica alike")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from bench.common import write_results
-
     with serving() as url:
         figures = measure(url, n=args.n, warmup=args.warmup, work_ms=args.work_ms,
                           size=args.size, steps=args.steps, threads=args.threads,

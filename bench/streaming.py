@@ -20,7 +20,6 @@ cost in ms (also reported), small next to a real model's tens of ms per token.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -31,17 +30,17 @@ from typing import Any
 
 from bench.common import (
     KEY,
-    RESULTS_DIR,
     TINY_DIR,
+    cli,
     deployed,
     ratio,
     replica_options,
     serving,
     stats,
     torch_threads,
+    write_results,
 )
 
-RESULTS = RESULTS_DIR / "streaming.json"
 APP = "bench-streaming"
 NAME = "bench-llm"  # the model name the ingress reports
 PATHS = ("direct", "handle", "http")
@@ -150,17 +149,13 @@ def headline(results: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli("streaming", __doc__)
     parser.add_argument("-n", type=int, default=30, help="timed streams per path")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per answer")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, in-process and in the replica alike")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from bench.common import write_results
-
     with serving() as url:
         figures = measure(url, n=args.n, warmup=args.warmup, tokens=args.tokens,
                           threads=args.threads)
